@@ -1,0 +1,51 @@
+# herald's front door. `make help` lists the targets.
+
+CONSUL_VERSION := v1.13.9
+CONSUL         := bin/consul
+HERALD         := bin/herald
+GO             ?= go
+VERSION        ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+
+.DEFAULT_GOAL := help
+.PHONY: help deps build test bench lint tidy run fuzz clean
+
+help: ## list the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z]+:.*## / {printf "  %-8s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+deps: ## build what the tests need: the Consul agent in bin/consul (from deploy/consul)
+	@if $(CONSUL) version 2>/dev/null | grep -q "^Consul $(CONSUL_VERSION)$$"; then \
+		echo "$(CONSUL) is Consul $(CONSUL_VERSION)"; \
+	else \
+		echo "building Consul $(CONSUL_VERSION) from Go modules into $(CONSUL): this takes about 7 minutes the first time"; \
+		mkdir -p bin && cd deploy/consul && $(GO) build -o ../../$(CONSUL) github.com/hashicorp/consul; \
+	fi
+
+build: ## build bin/herald
+	$(GO) build -ldflags "-X main.version=$(VERSION)" -o $(HERALD) ./cmd/herald
+
+test: deps ## go vet, then every test with the race detector (unit and integration, against real Consul)
+	$(GO) vet ./...
+	$(GO) test -race -count=1 ./...
+
+bench: ## run the benchmarks
+	$(GO) test -run '^$$' -bench . -benchmem ./ring/...
+
+lint: ## go vet and staticcheck
+	$(GO) vet ./...
+	$(GO) tool staticcheck ./...
+
+tidy: ## go mod tidy, failing if it changes go.mod or go.sum
+	$(GO) mod tidy
+	cd deploy/consul && $(GO) mod tidy
+	git diff --exit-code -- go.mod go.sum deploy/consul/go.mod deploy/consul/go.sum
+
+fuzz: ## fuzz each decoder for a while (FUZZTIME, default 30s)
+	$(GO) test -run '^$$' -fuzz FuzzOwner -fuzztime $(or $(FUZZTIME),30s) ./ring
+
+run: deps build ## start a local Consul dev agent and show the ring (Ctrl-C stops)
+	@echo "Consul dev agent: http://127.0.0.1:8500/ui   (Ctrl-C stops it)"
+	@echo "the ring:         $(HERALD) ring --watch"
+	$(CONSUL) agent -dev -bind 127.0.0.1 -client 127.0.0.1 -log-level warn
+
+clean: ## remove bin/
+	rm -rf bin

@@ -1,0 +1,61 @@
+// Command herald is herald's one binary: each part of the system is a
+// subcommand. Only this package reads flags, the environment and signals.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+type command struct {
+	name    string
+	summary string
+	run     func(ctx context.Context, args []string) error
+}
+
+var commands = []command{
+	{"ring", "show the ring the dispatchers and gateways build from Consul", runRing},
+	{"version", "print the version", func(context.Context, []string) error { fmt.Println("herald", version); return nil }},
+}
+
+func usage() {
+	fmt.Fprintf(os.Stderr, "herald is a WebSocket push-notification gateway with sticky user routing.\n\nUsage: herald <command> [flags]\n\nCommands:\n")
+	for _, c := range commands {
+		fmt.Fprintf(os.Stderr, "  %-10s %s\n", c.name, c.summary)
+	}
+	fmt.Fprintf(os.Stderr, "\nRun 'herald <command> --help' for a command's flags. Every flag can also be set\nfrom the environment: --consul-addr is HERALD_CONSUL_ADDR.\n")
+}
+
+func main() {
+	if len(os.Args) < 2 || os.Args[1] == "-h" || os.Args[1] == "--help" || os.Args[1] == "help" {
+		usage()
+		os.Exit(2)
+	}
+	for _, c := range commands {
+		if c.name != os.Args[1] {
+			continue
+		}
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		err := c.run(ctx, os.Args[2:])
+		stop()
+		if errors.Is(err, flag.ErrHelp) {
+			os.Exit(0)
+		}
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "herald %s: %v\n", c.name, err)
+			os.Exit(1)
+		}
+		return
+	}
+	fmt.Fprintf(os.Stderr, "herald: unknown command %q\n\n", os.Args[1])
+	usage()
+	os.Exit(2)
+}
