@@ -1,0 +1,198 @@
+package inbox
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"strconv"
+	"time"
+
+	"github.com/heraldpush/herald/gateway/wire"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Appended is the outcome of an append.
+type Appended struct {
+	Seq uint64
+	// Prev is the seq of the user's message before this one, when known:
+	// not for a duplicate.
+	Prev uint64
+	TS   time.Time
+	// Duplicate reports that the id was already in the log (within the
+	// duplicate window); Seq is then the original message's.
+	Duplicate bool
+	// Epoch of the log the message is in, as this process knows it.
+	Epoch string
+}
+
+// MsgID is the JetStream deduplication ID of a notification: the caller's id
+// scoped to the user, so two users may use the same id.
+func MsgID(user, id string) string { return wire.UserKey(user) + "/" + id }
+
+// Append adds a notification to user's log, after the user's last message,
+// and returns its seq once JetStream has stored it. id is the idempotency
+// key: an id already in the log (within the duplicate window) returns the
+// original seq with Duplicate set.
+//
+// The message names its predecessor (Herald-Prev) and is only stored if that
+// predecessor is still the user's last message; on a conflict Append learns
+// the new last message and tries again, with jitter, until
+// Config.AppendTimeout. When an attempt's outcome is unknown (no ack), it is
+// retried with the same id, so it lands at most once; if the deadline passes
+// first, Append returns ErrUnknownOutcome. ErrUnavailable and
+// ErrStorageFull mean nothing was stored.
+func (l *Log) Append(ctx context.Context, user, id string, data []byte) (Appended, error) {
+	ctx, cancel := context.WithTimeout(ctx, l.cfg.AppendTimeout)
+	defer cancel()
+	mu := l.lock(user)
+	mu.Lock()
+	defer mu.Unlock()
+
+	subject := wire.InboxSubject(user)
+	head, ok := l.heads.get(user)
+	if !ok {
+		last, found, err := l.Last(ctx, user, false)
+		if err != nil {
+			return Appended{}, err
+		}
+		if found {
+			head = last.Seq
+		}
+	}
+
+	var (
+		uncertain bool // an earlier attempt may have been stored
+		lastErr   error
+	)
+	for attempt := 0; ; attempt++ {
+		if attempt > 0 {
+			l.retries.Add(1)
+		}
+		ts := time.Now()
+		m := nats.NewMsg(subject)
+		m.Header.Set(jetstream.MsgIDHeader, MsgID(user, id))
+		m.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(head, 10))
+		m.Header.Set(wire.HeaderID, id)
+		m.Header.Set(wire.HeaderTS, wire.FormatTS(ts))
+		m.Header.Set(wire.HeaderPrev, strconv.FormatUint(head, 10))
+		m.Data = data
+
+		actx, acancel := context.WithTimeout(ctx, l.attemptTimeout(ctx))
+		ack, err := l.js.PublishMsg(actx, m, jetstream.WithRetryAttempts(0))
+		acancel()
+		if err == nil {
+			if ack.Duplicate {
+				l.heads.forget(user) // the original need not be the head
+				// After an unanswered attempt, the duplicate is that attempt.
+				return Appended{Seq: ack.Sequence, Duplicate: !uncertain, Epoch: l.Epoch()}, nil
+			}
+			l.heads.set(user, ack.Sequence)
+			return Appended{Seq: ack.Sequence, Prev: head, TS: ts, Epoch: l.Epoch()}, nil
+		}
+		lastErr = err
+
+		var apiErr *jetstream.APIError
+		switch {
+		case errors.As(err, &apiErr) && isWrongLast(apiErr):
+			l.conflicts.Add(1)
+			l.heads.forget(user)
+			// Someone appended first, or an unanswered attempt of ours
+			// did: the last message tells which.
+			last, found, rerr := l.Last(ctx, user, false)
+			if rerr != nil {
+				lastErr = rerr
+				break
+			}
+			if found && uncertain && last.ID == id {
+				l.heads.set(user, last.Seq)
+				return Appended{Seq: last.Seq, Prev: last.Prev, TS: last.TS, Epoch: l.Epoch()}, nil
+			}
+			newHead := uint64(0)
+			if found {
+				newHead = last.Seq
+			}
+			if newHead < head {
+				// The log went backwards: recreated, or purged. Learn the
+				// epoch the message will land in.
+				l.Refresh(ctx)
+			}
+			head = newHead
+			if attempt == 0 {
+				continue // a stale cached head: no one to back off from
+			}
+		case errors.As(err, &apiErr) && isStorageFull(apiErr):
+			if !uncertain {
+				return Appended{}, fmt.Errorf("%w: %v", ErrStorageFull, err)
+			}
+		case sentNothing(err):
+			// Certainly not stored by this attempt; keep trying while
+			// NATS reconnects.
+		default:
+			// A timeout or a lost ack: this attempt may have been stored.
+			uncertain = true
+		}
+		if !l.backoff(ctx, attempt) {
+			break
+		}
+	}
+	if uncertain {
+		return Appended{}, fmt.Errorf("%w: %v", ErrUnknownOutcome, lastErr)
+	}
+	return Appended{}, fmt.Errorf("%w: %v", ErrUnavailable, lastErr)
+}
+
+// attemptTimeout leaves room for at least one retry within the deadline.
+func (l *Log) attemptTimeout(ctx context.Context) time.Duration {
+	d := max(l.cfg.AppendTimeout/4, 250*time.Millisecond)
+	if dl, ok := ctx.Deadline(); ok {
+		d = min(d, time.Until(dl))
+	}
+	return d
+}
+
+// backoff sleeps a jittered, growing delay; false if the deadline comes first.
+func (l *Log) backoff(ctx context.Context, attempt int) bool {
+	d := time.Duration(rand.Int64N(int64(min(5*time.Millisecond<<min(attempt, 5), 200*time.Millisecond)) + 1))
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return ctx.Err() == nil
+	}
+}
+
+func isWrongLast(e *jetstream.APIError) bool {
+	return e.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
+		e.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant
+}
+
+// JetStream's codes for a store that refuses writes: insufficient resources,
+// storage exhausted, store failed.
+func isStorageFull(e *jetstream.APIError) bool {
+	switch e.ErrorCode {
+	case 10023, 10047, 10077:
+		return true
+	}
+	return false
+}
+
+// sentNothing reports whether a publish failed before anything reached the
+// server, or nobody was there to store it.
+func sentNothing(err error) bool {
+	var apiErr *jetstream.APIError
+	switch {
+	case errors.Is(err, nats.ErrReconnectBufExceeded), errors.Is(err, nats.ErrConnectionClosed),
+		errors.Is(err, nats.ErrConnectionDraining), errors.Is(err, nats.ErrNoResponders),
+		errors.Is(err, jetstream.ErrNoStreamResponse), errors.Is(err, nats.ErrInvalidConnection),
+		errors.Is(err, nats.ErrConnectionReconnecting):
+		return true
+	case errors.As(err, &apiErr):
+		// Any other refusal (stream not found, bad request...) was not stored.
+		return true
+	}
+	return false
+}

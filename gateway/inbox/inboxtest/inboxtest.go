@@ -1,0 +1,135 @@
+// Package inboxtest runs real NATS servers with JetStream in-process for
+// tests: one server, or a cluster for replicated streams.
+package inboxtest
+
+import (
+	"fmt"
+	"net"
+	"net/url"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+)
+
+// Server is an in-process NATS server that can be stopped and started again
+// on the same port and store, as a restarted nats-server would be.
+type Server struct {
+	tb   testing.TB
+	opts server.Options
+	*server.Server
+}
+
+// Run starts a NATS server with JetStream on a free loopback port and a
+// temporary store. edit may change the options first. The server is shut
+// down when the test ends.
+func Run(tb testing.TB, edit ...func(*server.Options)) *Server {
+	tb.Helper()
+	opts := server.Options{
+		ServerName: "herald-test",
+		Host:       "127.0.0.1",
+		Port:       freePort(tb),
+		JetStream:  true,
+		StoreDir:   tb.TempDir(),
+		NoLog:      true,
+		NoSigs:     true,
+	}
+	for _, e := range edit {
+		e(&opts)
+	}
+	s := &Server{tb: tb, opts: opts}
+	s.Start()
+	tb.Cleanup(s.Stop)
+	return s
+}
+
+// Start starts the server again after Stop, on the same port and store.
+func (s *Server) Start() {
+	s.tb.Helper()
+	opts := s.opts // the server keeps and changes its copy
+	ns, err := server.NewServer(&opts)
+	if err != nil {
+		s.tb.Fatalf("inboxtest: %v", err)
+	}
+	go ns.Start()
+	if !ns.ReadyForConnections(10 * time.Second) {
+		s.tb.Fatalf("inboxtest: NATS server %s not ready", s.opts.ServerName)
+	}
+	s.Server = ns
+}
+
+// Stop shuts the server down and waits for it. Stopping a stopped server
+// does nothing.
+func (s *Server) Stop() {
+	if s.Server == nil {
+		return
+	}
+	s.Shutdown()
+	s.WaitForShutdown()
+	s.Server = nil
+}
+
+// URL is the server's client URL; it stays the same across restarts.
+func (s *Server) URL() string { return fmt.Sprintf("nats://%s:%d", s.opts.Host, s.opts.Port) }
+
+// RunCluster starts an n-node JetStream cluster and waits until it has a
+// meta leader. URLs lists every node's client URL, comma-separated, as
+// nats.Connect takes them.
+func RunCluster(tb testing.TB, n int) (nodes []*Server, urls string) {
+	tb.Helper()
+	routes := make([]int, n)
+	for i := range routes {
+		routes[i] = freePort(tb)
+	}
+	var routeURLs []*url.URL
+	for _, p := range routes {
+		routeURLs = append(routeURLs, &url.URL{Scheme: "nats", Host: "127.0.0.1:" + strconv.Itoa(p)})
+	}
+	for i := range n {
+		s := Run(tb, func(o *server.Options) {
+			o.ServerName = "herald-test-" + strconv.Itoa(i)
+			o.Cluster = server.ClusterOpts{Name: "herald-test", Host: "127.0.0.1", Port: routes[i]}
+			o.Routes = routeURLs
+		})
+		nodes = append(nodes, s)
+		if urls != "" {
+			urls += ","
+		}
+		urls += s.URL()
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		for _, s := range nodes {
+			if s.JetStreamIsLeader() {
+				return nodes, urls
+			}
+		}
+		if time.Now().After(deadline) {
+			tb.Fatalf("inboxtest: no JetStream meta leader in the %d-node cluster", n)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// Connect connects to url and closes the connection when the test ends.
+func Connect(tb testing.TB, url string, opts ...nats.Option) *nats.Conn {
+	tb.Helper()
+	nc, err := nats.Connect(url, opts...)
+	if err != nil {
+		tb.Fatalf("inboxtest: connect %s: %v", url, err)
+	}
+	tb.Cleanup(nc.Close)
+	return nc
+}
+
+func freePort(tb testing.TB) int {
+	tb.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatalf("inboxtest: %v", err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}

@@ -1,0 +1,212 @@
+package wire
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Frame types.
+const (
+	TypeAuth         = "auth"
+	TypeAck          = "ack"
+	TypePing         = "ping"
+	TypeHello        = "hello"
+	TypeNotification = "notification"
+	TypeGap          = "gap"
+	TypeBroadcast    = "broadcast"
+	TypeMoved        = "moved"
+	TypePong         = "pong"
+)
+
+// ClientFrame is a frame a client sends: auth, ack or ping. Fields that do
+// not belong to the type are zero.
+type ClientFrame struct {
+	Type string `json:"type"`
+	// auth
+	Token string `json:"token,omitempty"`
+	Since uint64 `json:"since,omitempty"`
+	Epoch string `json:"epoch,omitempty"`
+	Ring  string `json:"ring,omitempty"`
+	// ack
+	Seq uint64 `json:"seq,omitempty"`
+}
+
+// DecodeClientFrame decodes and checks a frame from a client. It accepts
+// unknown fields (so clients can grow) but nothing else out of shape.
+func DecodeClientFrame(b []byte) (ClientFrame, error) {
+	var f ClientFrame
+	if err := decodeOne(b, &f); err != nil {
+		return ClientFrame{}, err
+	}
+	switch f.Type {
+	case TypeAuth:
+		switch {
+		case f.Token == "":
+			return ClientFrame{}, errors.New("auth frame without a token")
+		case len(f.Token) > MaxTokenBytes:
+			return ClientFrame{}, fmt.Errorf("auth token over %d bytes", MaxTokenBytes)
+		case len(f.Epoch) > MaxEpochBytes:
+			return ClientFrame{}, fmt.Errorf("epoch over %d bytes", MaxEpochBytes)
+		case len(f.Ring) > MaxRingBytes:
+			return ClientFrame{}, fmt.Errorf("ring over %d bytes", MaxRingBytes)
+		}
+		f.Seq = 0
+	case TypeAck:
+		if f.Seq == 0 {
+			return ClientFrame{}, errors.New("ack frame without a seq")
+		}
+		f.Token, f.Since, f.Epoch, f.Ring = "", 0, "", ""
+	case TypePing:
+		f = ClientFrame{Type: TypePing}
+	case "":
+		return ClientFrame{}, errors.New("frame without a type")
+	default:
+		return ClientFrame{}, fmt.Errorf("unknown frame type %q", f.Type)
+	}
+	return f, nil
+}
+
+// decodeOne decodes exactly one JSON object into v.
+func decodeOne(b []byte, v any) error {
+	b = bytes.TrimSpace(b)
+	if len(b) == 0 || b[0] != '{' {
+		return errors.New("frame is not a JSON object")
+	}
+	d := json.NewDecoder(bytes.NewReader(b))
+	if err := d.Decode(v); err != nil {
+		return fmt.Errorf("bad frame: %w", err)
+	}
+	if d.More() {
+		return errors.New("bad frame: data after the JSON object")
+	}
+	return nil
+}
+
+// Server frames, each encoded as its own struct so every field is always
+// present.
+
+// Hello is the first frame after a successful auth.
+type Hello struct {
+	Type    string `json:"type"`
+	Gateway string `json:"gateway"`
+	User    string `json:"user"`
+	Epoch   string `json:"epoch"`
+	// Cursor is the seq the socket resumes after: the client's since, or 0
+	// when it starts over (a gap frame follows then if it lost anything).
+	Cursor uint64 `json:"cursor"`
+}
+
+// Notification carries one message of the user's log.
+type Notification struct {
+	Type string          `json:"type"`
+	Seq  uint64          `json:"seq"`
+	ID   string          `json:"id"`
+	Data json.RawMessage `json:"data"`
+	TS   string          `json:"ts"` // publish time, RFC 3339 with nanoseconds
+}
+
+// Gap says the log no longer holds the messages after After and before Next:
+// retention dropped them, or the log was recreated (a new epoch, in which
+// case After counts the old log and Next the new one).
+type Gap struct {
+	Type  string `json:"type"`
+	Epoch string `json:"epoch"`
+	After uint64 `json:"after"`
+	Next  uint64 `json:"next"`
+}
+
+// Broadcast is a live-only message to every connected socket. It has no seq
+// and never moves a cursor.
+type Broadcast struct {
+	Type string          `json:"type"`
+	Data json.RawMessage `json:"data"`
+	TS   string          `json:"ts"`
+}
+
+// Moved tells the client which gateway owns it now; the socket closes with
+// CloseMoved.
+type Moved struct {
+	Type string `json:"type"`
+	URL  string `json:"url"`
+}
+
+// FormatTS formats a timestamp as frames and headers carry it.
+func FormatTS(t time.Time) string { return t.UTC().Format(time.RFC3339Nano) }
+
+// ParseTS parses a timestamp written by FormatTS.
+func ParseTS(s string) (time.Time, error) { return time.Parse(time.RFC3339Nano, s) }
+
+// EncodeNotification encodes a notification frame. The gateway encodes each
+// message once and writes the same bytes to every socket.
+func EncodeNotification(seq uint64, id string, data []byte, ts time.Time) []byte {
+	if len(data) == 0 {
+		data = []byte("null")
+	}
+	b, _ := json.Marshal(Notification{Type: TypeNotification, Seq: seq, ID: id, Data: data, TS: FormatTS(ts)})
+	return b
+}
+
+// Encode encodes any of the server frame structs.
+func Encode(v any) []byte {
+	b, err := json.Marshal(v)
+	if err != nil {
+		panic(fmt.Sprintf("wire: encoding %T: %v", v, err)) // only our own structs come here
+	}
+	return b
+}
+
+// PongFrame is the reply to a ping.
+var PongFrame = []byte(`{"type":"pong"}`)
+
+// ServerFrame is any frame a server sends, as a client decodes it: the
+// fields of every type in one struct.
+type ServerFrame struct {
+	Type    string          `json:"type"`
+	Gateway string          `json:"gateway,omitempty"`
+	User    string          `json:"user,omitempty"`
+	Epoch   string          `json:"epoch,omitempty"`
+	Cursor  uint64          `json:"cursor,omitempty"`
+	Seq     uint64          `json:"seq,omitempty"`
+	ID      string          `json:"id,omitempty"`
+	Data    json.RawMessage `json:"data,omitempty"`
+	TS      string          `json:"ts,omitempty"`
+	After   uint64          `json:"after,omitempty"`
+	Next    uint64          `json:"next,omitempty"`
+	URL     string          `json:"url,omitempty"`
+}
+
+// DecodeServerFrame decodes and checks a frame from a gateway.
+func DecodeServerFrame(b []byte) (ServerFrame, error) {
+	var f ServerFrame
+	if err := decodeOne(b, &f); err != nil {
+		return ServerFrame{}, err
+	}
+	switch f.Type {
+	case TypeHello:
+		if f.Gateway == "" || f.Epoch == "" || ValidateUser(f.User) != nil {
+			return ServerFrame{}, errors.New("hello frame without gateway, user or epoch")
+		}
+	case TypeNotification:
+		if f.Seq == 0 {
+			return ServerFrame{}, errors.New("notification frame without a seq")
+		}
+	case TypeGap:
+		// Across epochs next may be below after: they count different logs.
+		if f.Next == 0 || f.Epoch == "" {
+			return ServerFrame{}, fmt.Errorf("gap frame with next %d, epoch %q", f.Next, f.Epoch)
+		}
+	case TypeMoved:
+		if f.URL == "" {
+			return ServerFrame{}, errors.New("moved frame without a URL")
+		}
+	case TypeBroadcast, TypePong:
+	case "":
+		return ServerFrame{}, errors.New("frame without a type")
+	default:
+		return ServerFrame{}, fmt.Errorf("unknown frame type %q", f.Type)
+	}
+	return f, nil
+}
