@@ -106,3 +106,24 @@ type GatewayStats struct {
 	Sockets int    `json:"sockets"`
 	Users   int    `json:"users"`
 }
+
+// BroadcastMsg encodes a live-only broadcast for every gateway: the data as
+// the body, the publish time in a header.
+func BroadcastMsg(data []byte, ts time.Time) *nats.Msg {
+	m := nats.NewMsg(BroadcastSubject)
+	m.Header.Set(HeaderTS, FormatTS(ts))
+	m.Data = data
+	return m
+}
+
+// DecodeBroadcast decodes a broadcast into the frame the gateway sends.
+func DecodeBroadcast(m *nats.Msg) ([]byte, error) {
+	ts, err := ParseTS(m.Header.Get(HeaderTS))
+	if err != nil {
+		return nil, fmt.Errorf("broadcast: bad timestamp: %w", err)
+	}
+	if !json.Valid(m.Data) {
+		return nil, errors.New("broadcast: data is not JSON")
+	}
+	return Encode(Broadcast{Type: TypeBroadcast, Data: m.Data, TS: FormatTS(ts)}), nil
+}

@@ -212,3 +212,19 @@ func FuzzDecodeDoorbell(f *testing.F) {
 		}
 	})
 }
+
+func TestBroadcastRoundTrip(t *testing.T) {
+	ts := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	frame, err := DecodeBroadcast(BroadcastMsg([]byte(`{"x":1}`), ts))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := DecodeServerFrame(frame)
+	if err != nil || f.Type != TypeBroadcast || string(f.Data) != `{"x":1}` || f.TS != FormatTS(ts) || f.Seq != 0 {
+		t.Fatalf("broadcast frame %s: %+v, %v", frame, f, err)
+	}
+	bad := BroadcastMsg([]byte(`{`), ts)
+	if _, err := DecodeBroadcast(bad); err == nil {
+		t.Fatal("broadcast with bad JSON accepted")
+	}
+}
