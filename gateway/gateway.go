@@ -157,13 +157,12 @@ type Gateway struct {
 	m        *metrics
 	replays  chan struct{} // semaphore of concurrent session log reads
 
-	inbox  atomic.Pointer[inbox.Log] // nil until the stream exists
-	epoch  atomic.Pointer[string]
-	jsOK   atomic.Bool // the last JetStream call of the monitor succeeded
-	reg    atomic.Pointer[consul.Registration]
-	serve  atomic.Bool   // accepting sockets
-	wake   chan struct{} // asks the monitor for an anti-entropy pass now
-	recent sync.Map      // epoch checks, rate limited: "epoch" → time.Time
+	inbox atomic.Pointer[inbox.Log] // nil until the stream exists
+	epoch atomic.Pointer[string]
+	jsOK  atomic.Bool // the last JetStream call of the monitor succeeded
+	reg   atomic.Pointer[consul.Registration]
+	serve atomic.Bool   // accepting sockets
+	wake  chan struct{} // asks the monitor for an epoch check now
 
 	conns sync.WaitGroup // socket handlers and the closes they start
 

@@ -211,23 +211,26 @@ func TestAuthAndBadInput(t *testing.T) {
 
 func TestTooManySockets(t *testing.T) {
 	c := newCluster(t, inbox.Config{})
-	c.startGateway("gw-1", func(cfg *gateway.Config) { cfg.MaxSocketsPerUser = 3 })
+	c.startGateway("gw-1") // the default: 8 sockets per user
 	url := c.gws["gw-1"].url
 	var socks []*socket
-	for range 3 {
+	for range 8 {
 		s := dial(t, url, auth(t, "alice"))
 		s.hello()
 		socks = append(socks, s)
 	}
 	extra := dial(t, url, auth(t, "alice"))
 	if code := extra.waitClosed(5 * time.Second); code != wire.CloseTooManySockets {
-		t.Fatalf("a 4th socket closed with %d, want 4009", code)
+		t.Fatalf("a 9th socket closed with %d, want 4009", code)
 	}
-	want := c.publish("alice", "x", `1`).Seq
+	var want []uint64
+	for i := range 10 {
+		want = append(want, c.publish("alice", strconv.Itoa(i), `1`).Seq)
+	}
 	for _, s := range socks {
-		waitFor(t, 5*time.Second, "every socket to get it", func() bool { return len(s.notifications()) == 1 })
-		if s.notifications()[0] != want {
-			t.Fatalf("got %v", s.notifications())
+		waitFor(t, 5*time.Second, "every socket to get everything", func() bool { return len(s.notifications()) == len(want) })
+		if got := s.notifications(); !equalSeqs(got, want) {
+			t.Fatalf("got %v, want %v", got, want)
 		}
 	}
 }

@@ -62,8 +62,10 @@ type cluster struct {
 	tb     testing.TB
 	agent  *consultest.Agent
 	consul *api.Client
-	nats   *inboxtest.Server
-	log    *inbox.Log // the test's own appender: it plays the dispatcher
+	nats   *inboxtest.Server   // the first NATS node
+	nodes  []*inboxtest.Server // every NATS node
+	urls   string              // every node's client URL
+	log    *inbox.Log          // the test's own appender: it plays the dispatcher
 	nc     *nats.Conn
 	gws    map[string]*gw
 }
@@ -76,15 +78,27 @@ type gw struct {
 }
 
 func newCluster(tb testing.TB, logCfg inbox.Config) *cluster {
+	return newClusterN(tb, logCfg, 1)
+}
+
+// newClusterN runs NATS on natsNodes nodes (1, or 3 for a replicated log).
+func newClusterN(tb testing.TB, logCfg inbox.Config, natsNodes int) *cluster {
 	tb.Helper()
 	a := consultest.Start(tb)
-	s := inboxtest.Run(tb)
-	nc := inboxtest.Connect(tb, s.URL(), nats.ReconnectBufSize(-1), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
+	var nodes []*inboxtest.Server
+	var urls string
+	if natsNodes == 1 {
+		s := inboxtest.Run(tb)
+		nodes, urls = []*inboxtest.Server{s}, s.URL()
+	} else {
+		nodes, urls = inboxtest.RunCluster(tb, natsNodes)
+	}
+	nc := inboxtest.Connect(tb, urls, nats.ReconnectBufSize(-1), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
 	l, err := inbox.Ensure(context.Background(), nc, logCfg)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	return &cluster{tb: tb, agent: a, consul: a.Client(), nats: s, log: l, nc: nc, gws: map[string]*gw{}}
+	return &cluster{tb: tb, agent: a, consul: a.Client(), nats: nodes[0], nodes: nodes, urls: urls, log: l, nc: nc, gws: map[string]*gw{}}
 }
 
 // startGateway starts a gateway and waits until it serves and every running
@@ -96,7 +110,7 @@ func (c *cluster) startGateway(id string, edit ...func(*gateway.Config)) *gw {
 		c.tb.Fatal(err)
 	}
 	url := "ws://" + ln.Addr().String() + "/ws"
-	nc := inboxtest.Connect(c.tb, c.nats.URL(), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
+	nc := inboxtest.Connect(c.tb, c.urls, nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
 	cfg := gateway.Config{
 		ID: id, Listener: ln, PublicURL: url, NATS: nc, Consul: c.consul, TTL: 2 * time.Second,
 		Log: c.log.Config(), TokenSecrets: [][]byte{secret}, Logger: logger(c.tb),
@@ -193,7 +207,6 @@ type socket struct {
 	frames []wire.ServerFrame
 	closed chan struct{}
 	status websocket.StatusCode // close code, once closed
-	noRead chan struct{}        // while open, the reader stops
 }
 
 // dial opens a socket and sends auth; it does not wait for hello.

@@ -22,6 +22,9 @@ type command struct {
 }
 
 var commands = []command{
+	{"dispatcher", "run a dispatcher: the HTTP API that stores and routes notifications", runDispatcher},
+	{"gateway", "run a gateway: the WebSocket server that delivers users' notifications", runGateway},
+	{"nats", "run an embedded NATS server with JetStream (local use)", runNATS},
 	{"ring", "show the ring the dispatchers and gateways build from Consul", runRing},
 	{"version", "print the version", func(context.Context, []string) error { fmt.Println("herald", version); return nil }},
 }

@@ -16,10 +16,13 @@ import (
 // Appended is the outcome of an append.
 type Appended struct {
 	Seq uint64
-	// Prev is the seq of the user's message before this one, when known:
-	// not for a duplicate.
-	Prev uint64
-	TS   time.Time
+	// Prev is the seq of the user's message before this one, and TS its
+	// publish time, when PrevKnown: not for a duplicate, whose original's
+	// predecessor this append never learned. A doorbell may carry the
+	// message's content only when they are known.
+	Prev      uint64
+	TS        time.Time
+	PrevKnown bool
 	// Duplicate reports that the id was already in the log (within the
 	// duplicate window); Seq is then the original message's.
 	Duplicate bool
@@ -89,7 +92,7 @@ func (l *Log) Append(ctx context.Context, user, id string, data []byte) (Appende
 				return Appended{Seq: ack.Sequence, Duplicate: !uncertain, Epoch: l.Epoch()}, nil
 			}
 			l.heads.set(user, ack.Sequence)
-			return Appended{Seq: ack.Sequence, Prev: head, TS: ts, Epoch: l.Epoch()}, nil
+			return Appended{Seq: ack.Sequence, Prev: head, TS: ts, PrevKnown: true, Epoch: l.Epoch()}, nil
 		}
 		lastErr = err
 
@@ -107,7 +110,7 @@ func (l *Log) Append(ctx context.Context, user, id string, data []byte) (Appende
 			}
 			if found && uncertain && last.ID == id {
 				l.heads.set(user, last.Seq)
-				return Appended{Seq: last.Seq, Prev: last.Prev, TS: last.TS, Epoch: l.Epoch()}, nil
+				return Appended{Seq: last.Seq, Prev: last.Prev, TS: last.TS, PrevKnown: true, Epoch: l.Epoch()}, nil
 			}
 			newHead := uint64(0)
 			if found {

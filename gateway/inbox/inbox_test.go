@@ -407,3 +407,33 @@ func TestMsgIDIsScopedToUser(t *testing.T) {
 		t.Fatalf("MsgID = %s, want %s", got, want)
 	}
 }
+
+// TestStrayMessage: something other than herald published on a user's
+// subject. Reads return it with an unknown predecessor, and appends go on.
+func TestStrayMessage(t *testing.T) {
+	s := inboxtest.Run(t)
+	nc := appendConn(t, s.URL())
+	l := ensure(t, nc, inbox.Config{})
+	a := mustAppend(t, l, "alice", "1")
+	if !a.PrevKnown || a.Prev != 0 {
+		t.Fatalf("first append: %+v", a)
+	}
+	js, _ := jetstream.New(nc)
+	stray := nats.NewMsg(wire.InboxSubject("alice"))
+	stray.Header.Set(wire.HeaderPrev, "not a number")
+	stray.Data = []byte("not json either")
+	ack, err := js.PublishMsg(ctx, stray)
+	if err != nil {
+		t.Fatal(err)
+	}
+	last, ok, err := l.Last(ctx, "alice", false)
+	if err != nil || !ok || last.Seq != ack.Sequence || last.Prev != 0 || last.Data != nil {
+		t.Fatalf("Last = %+v, %v, %v; want the stray message, prev unknown, data dropped", last, ok, err)
+	}
+	// l still caches its own head (a.Seq): the append conflicts, reads the
+	// stray as the head, and chains on it.
+	b := mustAppend(t, l, "alice", "2")
+	if b.Prev != ack.Sequence || !b.PrevKnown {
+		t.Fatalf("append after the stray: %+v, want prev %d", b, ack.Sequence)
+	}
+}

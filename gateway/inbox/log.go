@@ -195,10 +195,9 @@ func (l *Log) Epoch() string {
 func (l *Log) Refresh(ctx context.Context) (string, error) {
 	st, err := l.js.Stream(ctx, l.cfg.Stream)
 	if err != nil {
-		if errors.Is(err, jetstream.ErrStreamNotFound) {
-			return "", fmt.Errorf("%w: stream %s does not exist", ErrUnavailable, l.cfg.Stream)
-		}
-		return "", fmt.Errorf("%w: stream %s: %v", ErrUnavailable, l.cfg.Stream, err)
+		// Both stay matchable: errors.Is(err, jetstream.ErrStreamNotFound)
+		// tells a missing stream from an unreachable one.
+		return "", fmt.Errorf("%w: stream %s: %w", ErrUnavailable, l.cfg.Stream, err)
 	}
 	return l.setEpoch(st.CachedInfo()), nil
 }

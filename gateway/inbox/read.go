@@ -145,15 +145,13 @@ func parseDirect(m *nats.Msg) (Message, error) {
 }
 
 // parseStored reads herald's headers of a stored message. A message herald
-// did not write (no Herald-Ts) is still returned, with what can be read, so a
-// stray publish on an inbox subject cannot stall a user's delivery.
+// did not write (no or malformed headers, published straight to an inbox
+// subject) is still returned with what can be read, its predecessor unknown
+// (0), so a stray publish can neither stall a user's delivery nor block the
+// user's appends.
 func parseStored(seq uint64, h nats.Header, data []byte) (Message, error) {
 	msg := Message{Seq: seq, ID: h.Get(wire.HeaderID), Data: data}
-	if p := h.Get(wire.HeaderPrev); p != "" {
-		prev, err := strconv.ParseUint(p, 10, 64)
-		if err != nil || prev >= seq {
-			return Message{}, fmt.Errorf("message %d: bad %s %q", seq, wire.HeaderPrev, p)
-		}
+	if prev, err := strconv.ParseUint(h.Get(wire.HeaderPrev), 10, 64); err == nil && prev < seq {
 		msg.Prev = prev
 	}
 	if ts, err := wire.ParseTS(h.Get(wire.HeaderTS)); err == nil {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"time"
 )
 
@@ -79,7 +80,7 @@ func decodeOne(b []byte, v any) error {
 	if err := d.Decode(v); err != nil {
 		return fmt.Errorf("bad frame: %w", err)
 	}
-	if d.More() {
+	if _, err := d.Token(); err != io.EOF {
 		return errors.New("bad frame: data after the JSON object")
 	}
 	return nil

@@ -32,7 +32,7 @@ func TestDecodeClientFrame(t *testing.T) {
 		`{"type":"auth","token":"` + strings.Repeat("x", MaxTokenBytes+1) + `"}`,
 		`{"type":"auth","token":"t","epoch":"` + strings.Repeat("e", MaxEpochBytes+1) + `"}`,
 		`{"type":"ack"}`, `{"type":"ack","seq":0}`, `{"type":"ack","seq":"1"}`,
-		`{"type":"ping"}{"type":"ping"}`, `{"type":"ping"`, "{\"type\":\"ping\"}\x00",
+		`{"type":"ping"}{"type":"ping"}`, `{"type":"ping"}]`, `{"type":"ping"}}`, `{"type":"ping"} 1`, `{"type":"ping"`, "{\"type\":\"ping\"}\x00",
 	} {
 		if f, err := DecodeClientFrame([]byte(in)); err == nil {
 			t.Errorf("DecodeClientFrame(%q) = %+v, want an error", in, f)

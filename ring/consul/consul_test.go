@@ -190,8 +190,8 @@ func TestConsulDownKeepsLastRing(t *testing.T) {
 	if r, _ := w.Ring(); r != before {
 		t.Fatalf("ring replaced while Consul was down: %v", ids(w))
 	}
-	if s := w.Status(); s.Err == nil {
-		t.Fatalf("degraded status carries no error: %+v", s)
+	if s := w.Status(); s.Err == nil || s.DegradedSince.IsZero() || time.Since(s.DegradedSince) > 3*time.Second {
+		t.Fatalf("degraded status without an error or a plausible DegradedSince: %+v", s)
 	}
 	time.Sleep(testTTL) // let an outage longer than the TTL pass: nothing may change
 	if r, _ := w.Ring(); r != before {
@@ -203,6 +203,9 @@ func TestConsulDownKeepsLastRing(t *testing.T) {
 
 	agent.Restart()
 	waitFor(t, 5*time.Second, "the watcher to recover", func() bool { return !w.Status().Degraded })
+	if s := w.Status(); !s.DegradedSince.IsZero() {
+		t.Fatalf("DegradedSince = %v after recovering", s.DegradedSince)
+	}
 	waitFor(t, 2*testTTL, "the registration to reach Consul again", func() bool { return reg.Unreachable() == 0 })
 	gateway(t, c, probe, "gw-new", 1)
 	waitFor(t, 3*time.Second, "a member registered after the outage", hasMembers(w, "gw-a", "gw-b", "gw-new"))

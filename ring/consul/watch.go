@@ -54,7 +54,12 @@ type Status struct {
 	// Degraded is true while the last query to Consul failed; the watcher
 	// keeps its last ring meanwhile.
 	Degraded bool
-	// LastContact is when Consul last answered a query.
+	// DegradedSince is when the current run of failed queries began; zero
+	// while not degraded. Readiness bounds how long a watcher may serve a
+	// ring it cannot refresh by it.
+	DegradedSince time.Time
+	// LastContact is when Consul last answered a query (a blocking query
+	// answers up to WaitTime after it was sent).
 	LastContact time.Time
 	// Err is the last query error while degraded.
 	Err error
@@ -222,10 +227,12 @@ func (w *Watcher) setContact(err error) {
 			w.log.Info("consul reachable again")
 		}
 		w.status.Degraded, w.status.Err, w.status.LastContact = false, nil, time.Now()
+		w.status.DegradedSince = time.Time{}
 		return
 	}
 	if !w.status.Degraded {
 		w.log.Warn("consul unreachable; keeping the last ring", "error", err)
+		w.status.DegradedSince = time.Now()
 	}
 	w.status.Degraded, w.status.Err = true, err
 }

@@ -1,0 +1,91 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/nats-io/nats.go"
+)
+
+// devSecret signs and verifies user tokens when --dev is given without
+// secrets. It is public: never use --dev in production.
+const devSecret = "herald-dev-secret-never-use-this-in-production"
+
+// common holds the flags every long-running subcommand has.
+type common struct {
+	logLevel   string
+	logFormat  string
+	natsURL    string
+	consulAddr string
+	secrets    string
+	dev        bool
+}
+
+func (c *common) register(fs *flag.FlagSet) {
+	fs.StringVar(&c.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	fs.StringVar(&c.logFormat, "log-format", "text", "log format: text or json")
+	fs.StringVar(&c.natsURL, "nats-url", "nats://127.0.0.1:4222", "NATS server URLs, comma-separated")
+	fs.StringVar(&c.consulAddr, "consul-addr", "127.0.0.1:8500", "Consul agent HTTP address")
+	fs.StringVar(&c.secrets, "token-secrets", "", "comma-separated secrets (≥ 32 bytes each) that user tokens may be signed with; the first signs dev tokens")
+	fs.BoolVar(&c.dev, "dev", false, "development mode: a well-known token secret if none is given, and more (see the subcommand)")
+}
+
+func (c *common) logger(component string) (*slog.Logger, error) {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(c.logLevel)); err != nil {
+		return nil, fmt.Errorf("--log-level: %w", err)
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	var h slog.Handler
+	switch c.logFormat {
+	case "text":
+		h = slog.NewTextHandler(os.Stderr, opts)
+	case "json":
+		h = slog.NewJSONHandler(os.Stderr, opts)
+	default:
+		return nil, fmt.Errorf("--log-format %q: want text or json", c.logFormat)
+	}
+	return slog.New(h).With("component", component), nil
+}
+
+func (c *common) tokenSecrets() ([][]byte, error) {
+	var out [][]byte
+	for _, s := range strings.Split(c.secrets, ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			out = append(out, []byte(s))
+		}
+	}
+	if len(out) == 0 {
+		if !c.dev {
+			return nil, errors.New("no --token-secrets (HERALD_TOKEN_SECRETS); use --dev for a local, insecure default")
+		}
+		out = [][]byte{[]byte(devSecret)}
+	}
+	return out, nil
+}
+
+func (c *common) consul() (*api.Client, error) {
+	cfg := api.DefaultConfig()
+	cfg.Address = c.consulAddr
+	return api.NewClient(cfg)
+}
+
+// connectNATS connects and keeps reconnecting forever; a gateway or
+// dispatcher outlives NATS restarts.
+func (c *common) connectNATS(name string, log *slog.Logger, opts ...nats.Option) (*nats.Conn, error) {
+	opts = append([]nats.Option{
+		nats.Name(name),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(250 * time.Millisecond),
+		nats.RetryOnFailedConnect(true),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) { log.Warn("NATS disconnected", "error", err) }),
+		nats.ReconnectHandler(func(nc *nats.Conn) { log.Info("NATS reconnected", "url", nc.ConnectedUrl()) }),
+	}, opts...)
+	return nats.Connect(c.natsURL, opts...)
+}

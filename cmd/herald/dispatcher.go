@@ -1,0 +1,66 @@
+package main
+
+import (
+	"context"
+	"net"
+	"strings"
+
+	"github.com/heraldpush/herald/dispatcher"
+	"github.com/nats-io/nats.go"
+	"golang.org/x/time/rate"
+)
+
+func runDispatcher(ctx context.Context, args []string) error {
+	fs := newFlagSet("dispatcher", "Run a dispatcher: the stateless HTTP API that stores notifications in each user's log and rings the user's gateway.")
+	var c common
+	c.register(fs)
+	var d dispatcher.Config
+	listen := fs.String("listen", "127.0.0.1:8080", "HTTP listen address")
+	apiKeys := fs.String("api-keys", "", "comma-separated API keys for the publishing endpoints (required unless --dev)")
+	fs.StringVar(&d.Log.Stream, "stream", "HERALD_INBOX", "JetStream stream of the users' logs")
+	fs.Int64Var(&d.Log.MaxMsgsPerUser, "max-per-user", 0, "messages kept per user (default 100)")
+	fs.DurationVar(&d.Log.MaxAge, "max-age", 0, "how long messages are kept (default 168h)")
+	fs.Int64Var(&d.Log.MaxBytes, "max-bytes", 0, "bound of the whole log in bytes, oldest dropped first (default unlimited)")
+	fs.IntVar(&d.Log.Replicas, "replicas", 1, "stream replicas: 1 locally, 3 in production")
+	fs.DurationVar(&d.Log.Duplicates, "dedupe-window", 0, "how long an idempotency key is remembered (default 2m)")
+	fs.DurationVar(&d.Log.AppendTimeout, "append-timeout", 0, "deadline of one append, retries included (default 2s)")
+	fs.DurationVar(&d.Watch.Hold, "hold", 0, "how long a member that stops passing but still answers stays in the ring (default 30s)")
+	rateLimit := fs.Float64("rate-limit", 0, "notifications per second per API key, each batch item counting as one (default 1000)")
+	fs.IntVar(&d.RateBurst, "rate-burst", 0, "burst of the per-key rate limit (default 2000)")
+	fs.IntVar(&d.MaxPayload, "max-payload", 0, "largest notification data in bytes (default 65536)")
+	fs.IntVar(&d.MaxBatch, "max-batch", 0, "notifications per batch request (default 100)")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	log, err := c.logger("dispatcher")
+	if err != nil {
+		return err
+	}
+	if d.TokenSecrets, err = c.tokenSecrets(); err != nil {
+		return err
+	}
+	for _, k := range strings.Split(*apiKeys, ",") {
+		if k = strings.TrimSpace(k); k != "" {
+			d.APIKeys = append(d.APIKeys, k)
+		}
+	}
+	d.Dev, d.RateLimit, d.Logger = c.dev, rate.Limit(*rateLimit), log
+	if d.Listener, err = net.Listen("tcp", *listen); err != nil {
+		return err
+	}
+	// Appends must not buffer while reconnecting: a publish then fails at
+	// once, and the API can say the notification was not stored.
+	if d.NATS, err = c.connectNATS("herald dispatcher "+*listen, log, nats.ReconnectBufSize(-1)); err != nil {
+		return err
+	}
+	defer d.NATS.Close()
+	if d.Consul, err = c.consul(); err != nil {
+		return err
+	}
+	disp, err := dispatcher.New(d)
+	if err != nil {
+		return err
+	}
+	log.Info("dispatcher starting", "listen", d.Listener.Addr().String(), "dev", d.Dev)
+	return disp.Run(ctx)
+}

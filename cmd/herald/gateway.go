@@ -1,0 +1,90 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"regexp"
+	"strings"
+
+	"github.com/heraldpush/herald/gateway"
+	"github.com/heraldpush/herald/gateway/inbox"
+	"github.com/heraldpush/herald/ring/consul"
+)
+
+func runGateway(ctx context.Context, args []string) error {
+	fs := newFlagSet("gateway", "Run a gateway: the WebSocket server that holds users' sockets and delivers their notifications.")
+	var c common
+	c.register(fs)
+	d := gateway.Config{}
+	listen := fs.String("listen", "127.0.0.1:7001", "WebSocket and health listen address")
+	id := fs.String("id", "", "gateway ID, [A-Za-z0-9_-]{1,64}, unique in the cluster (default: hostname-port)")
+	fs.StringVar(&d.PublicURL, "public-url", "", "WebSocket URL clients use to reach this gateway (default: ws://<listen address>/ws)")
+	fs.IntVar(&d.Weight, "weight", 1, "ring weight, 1 to 16")
+	fs.StringVar(&d.Log.Stream, "stream", "HERALD_INBOX", "JetStream stream of the users' logs")
+	fs.DurationVar(&d.TTL, "ttl", 0, "Consul check TTL (default 6s)")
+	fs.DurationVar(&d.Watch.Hold, "hold", 0, "how long a member that stops passing but still answers stays in the ring (default 30s)")
+	origins := fs.String("origins", "", "comma-separated browser origin patterns allowed to connect (e.g. app.example.com, *.example.com)")
+	fs.DurationVar(&d.AuthTimeout, "auth-timeout", 0, "time a socket has to send its auth frame (default 5s)")
+	fs.DurationVar(&d.WriteTimeout, "write-timeout", 0, "a write taking longer closes the socket with 4008 (default 10s)")
+	fs.DurationVar(&d.PingInterval, "ping-interval", 0, "interval of WebSocket pings (default 30s)")
+	fs.IntVar(&d.MaxSocketsPerUser, "max-sockets-per-user", 0, "sockets per user (default 8)")
+	fs.IntVar(&d.MaxSockets, "max-sockets", 0, "sockets on this gateway (default 19000)")
+	fs.Int64Var(&d.MaxFrameBytes, "max-frame-bytes", 0, "largest frame a client may send (default 4096)")
+	fs.IntVar(&d.BufferSize, "buffer", 0, "recent frames kept per connected user (default 64)")
+	fs.IntVar(&d.MaxReplays, "max-replays", 0, "concurrent log reads for sockets catching up (default 64)")
+	fs.DurationVar(&d.AntiEntropy, "anti-entropy", 0, "period of the full re-read of connected users' log heads (default 10s)")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	log, err := c.logger("gateway")
+	if err != nil {
+		return err
+	}
+	if d.TokenSecrets, err = c.tokenSecrets(); err != nil {
+		return err
+	}
+	host, port, err := net.SplitHostPort(*listen)
+	if err != nil {
+		return fmt.Errorf("--listen: %w", err)
+	}
+	if d.PublicURL == "" {
+		if host == "" || host == "0.0.0.0" || host == "::" {
+			if host, err = os.Hostname(); err != nil {
+				return err
+			}
+		}
+		d.PublicURL = "ws://" + net.JoinHostPort(host, port) + "/ws"
+	}
+	d.ID = *id
+	if d.ID == "" {
+		h, _ := os.Hostname()
+		d.ID = regexp.MustCompile(`[^A-Za-z0-9_-]`).ReplaceAllString(h, "-") + "-" + port
+	}
+	for _, o := range strings.Split(*origins, ",") {
+		if o = strings.TrimSpace(o); o != "" {
+			d.OriginPatterns = append(d.OriginPatterns, o)
+		}
+	}
+	ln, err := net.Listen("tcp", *listen)
+	if err != nil {
+		return err
+	}
+	d.Listener, d.Version, d.Logger = ln, version, log.With("gateway", d.ID)
+	if d.NATS, err = c.connectNATS("herald gateway "+d.ID, log); err != nil {
+		return err
+	}
+	defer d.NATS.Close()
+	if d.Consul, err = c.consul(); err != nil {
+		return err
+	}
+	d.Watch = consul.WatchConfig{Hold: d.Watch.Hold}
+	d.Log = inbox.Config{Stream: d.Log.Stream}
+	g, err := gateway.New(d)
+	if err != nil {
+		return err
+	}
+	log.Info("gateway starting", "id", d.ID, "listen", ln.Addr().String(), "public_url", d.PublicURL)
+	return g.Run(ctx)
+}

@@ -1,0 +1,161 @@
+package dispatcher
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/heraldpush/herald/gateway/inbox"
+	"github.com/heraldpush/herald/ring/consul"
+	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/time/rate"
+)
+
+// Config configures a Dispatcher. Zero fields take the defaults their
+// comments name.
+type Config struct {
+	// Listener serves the API. If nil, Run listens on Addr.
+	Listener net.Listener
+	// Addr is where Run listens when Listener is nil, e.g. "127.0.0.1:8080".
+	Addr string
+
+	// NATS carries appends, doorbells, broadcasts, liveness probes and
+	// stats requests. Required. Create it with nats.ReconnectBufSize(-1):
+	// a publish while reconnecting must fail at once rather than sit in a
+	// buffer, so an append can be answered "certainly not stored".
+	NATS *nats.Conn
+	// Log is the per-user log's stream. Run creates or updates it
+	// (inbox.Ensure), retrying until it succeeds or Run's context ends.
+	// If Log.MaxMsgSize is zero it is set to fit MaxPayload.
+	Log inbox.Config
+
+	// Consul is the client the ring is watched with. Required.
+	Consul *api.Client
+	// Watch overrides the watcher's settings (Hold, Debounce, VNodes...).
+	// Its Client, Probe and Logger are filled in by the dispatcher: the
+	// probe asks gateways over NATS (wire.LivenessProbe).
+	Watch consul.WatchConfig
+
+	// APIKeys are the keys the publishing endpoints accept
+	// (Authorization: Bearer <key>). New refuses an empty list unless Dev,
+	// where a random key is generated and logged.
+	APIKeys []string
+	// TokenSecrets verify user tokens for /v1/connect; several allow
+	// rotation. Each must be at least 32 bytes. In dev mode the first one
+	// signs the dev tokens. Required.
+	TokenSecrets [][]byte
+	// Dev enables POST /v1/dev/token and GET /v1/dev/config, which hand out
+	// user tokens and the first API key to anyone who asks. Never in
+	// production.
+	Dev bool
+
+	// RateLimit is each API key's sustained rate of notifications per
+	// second (a batch counts each item). If zero, defaults to 1000.
+	RateLimit rate.Limit
+	// RateBurst is each API key's burst. If zero, defaults to 2000.
+	RateBurst int
+	// MaxPayload bounds the bytes of a notification's or broadcast's data,
+	// as sent. If zero, defaults to 64 KiB.
+	MaxPayload int
+	// MaxBatch bounds the notifications in one batch. If zero, defaults to
+	// 100.
+	MaxBatch int
+	// MaxWait caps ?timeout= of wait=delivered. If zero, defaults to 30s.
+	MaxWait time.Duration
+	// EpochRefresh is how often the log's epoch is re-read, so doorbells
+	// carry the current one after the stream is recreated. If zero,
+	// defaults to 10s.
+	EpochRefresh time.Duration
+	// StaleAfter is how long /readyz stays ready while Consul is
+	// unreachable (the last ring is kept meanwhile). If zero, defaults to
+	// 5m.
+	StaleAfter time.Duration
+
+	// Registry is where the metrics are registered and what /metrics
+	// serves. If nil, a new one with the Go and process collectors.
+	Registry *prometheus.Registry
+	// Logger; if nil, slog.Default().
+	Logger *slog.Logger
+}
+
+// Defaults of the zero Config fields.
+const (
+	DefaultRateLimit    rate.Limit = 1000
+	DefaultRateBurst               = 2000
+	DefaultMaxPayload              = 64 << 10
+	DefaultMaxBatch                = 100
+	DefaultMaxWait                 = 30 * time.Second
+	DefaultEpochRefresh            = 10 * time.Second
+	DefaultStaleAfter              = 5 * time.Minute
+)
+
+// msgHeaderRoom is what the log's headers add to a message: Nats-Msg-Id (a
+// user key of up to 344 bytes and an id of up to 128), Herald-Id, -Ts,
+// -Prev and the expected sequence, with room to spare.
+const msgHeaderRoom = 4 << 10
+
+// fill checks cfg and fills its defaults.
+func (c *Config) fill() error {
+	switch {
+	case c.NATS == nil:
+		return errors.New("dispatcher: no NATS connection")
+	case c.Consul == nil:
+		return errors.New("dispatcher: no Consul client")
+	case len(c.TokenSecrets) == 0:
+		return errors.New("dispatcher: no token secret: /v1/connect could not verify anyone")
+	case len(c.APIKeys) == 0 && !c.Dev:
+		return errors.New("dispatcher: no API key: refusing to serve the publishing endpoints to anyone (set API keys, or use dev mode)")
+	case c.Listener == nil && c.Addr == "":
+		return errors.New("dispatcher: no Listener and no Addr")
+	}
+	for i, k := range c.APIKeys {
+		if k == "" {
+			return fmt.Errorf("dispatcher: API key %d is empty", i+1)
+		}
+	}
+	if c.RateLimit == 0 {
+		c.RateLimit = DefaultRateLimit
+	}
+	if c.RateBurst == 0 {
+		c.RateBurst = DefaultRateBurst
+	}
+	if c.MaxPayload == 0 {
+		c.MaxPayload = DefaultMaxPayload
+	}
+	if c.MaxBatch == 0 {
+		c.MaxBatch = DefaultMaxBatch
+	}
+	if c.MaxWait == 0 {
+		c.MaxWait = DefaultMaxWait
+	}
+	if c.EpochRefresh == 0 {
+		c.EpochRefresh = DefaultEpochRefresh
+	}
+	if c.StaleAfter == 0 {
+		c.StaleAfter = DefaultStaleAfter
+	}
+	switch {
+	case c.RateLimit < 0 || c.RateBurst < 0:
+		return fmt.Errorf("dispatcher: negative rate limit %v or burst %d", c.RateLimit, c.RateBurst)
+	case c.MaxPayload < 0 || c.MaxBatch < 0:
+		return fmt.Errorf("dispatcher: negative MaxPayload %d or MaxBatch %d", c.MaxPayload, c.MaxBatch)
+	case c.MaxWait < 0 || c.EpochRefresh < 0 || c.StaleAfter < 0:
+		return errors.New("dispatcher: negative MaxWait, EpochRefresh or StaleAfter")
+	}
+	if c.Log.MaxMsgSize == 0 {
+		c.Log.MaxMsgSize = int32(min(c.MaxPayload+msgHeaderRoom, 1<<30))
+	} else if int(c.Log.MaxMsgSize) < c.MaxPayload+msgHeaderRoom {
+		// Every append of a large payload would be refused by the
+		// stream: a configuration error, not an outage to discover later.
+		return fmt.Errorf("dispatcher: the log's MaxMsgSize %d does not fit MaxPayload %d plus %d bytes of headers",
+			c.Log.MaxMsgSize, c.MaxPayload, msgHeaderRoom)
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	return nil
+}

@@ -1,0 +1,144 @@
+package dispatcher
+
+import (
+	"net/http"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/heraldpush/herald/gateway/token"
+	"github.com/heraldpush/herald/gateway/wire"
+)
+
+func mustToken(tb testing.TB, secret []byte, user string, ttl time.Duration) string {
+	tb.Helper()
+	tok, err := token.Sign(secret, user, ttl)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return tok
+}
+
+// TestConnect: a valid user token gets the user's owner, its URL and the
+// ring's fingerprint; anything else is 401.
+func TestConnect(t *testing.T) {
+	e := newEnv(t)
+	e.gateway("gw-a", gatewayOpts{})
+	e.gateway("gw-b", gatewayOpts{})
+	td := e.dispatcher(func(c *Config) { c.TokenSecrets = [][]byte{otherSecret, testSecret} }) // rotation: both verify
+	td.waitRing("gw-a", "gw-b")
+
+	for _, user := range []string{"alice", "bob", "carol", "日本"} {
+		r := td.do("POST", "/v1/connect", "", "Authorization", "Bearer "+mustToken(t, testSecret, user, time.Hour))
+		if r.status != http.StatusOK {
+			t.Fatalf("connect %s: %d %s", user, r.status, r.body)
+		}
+		got := decodeAs[struct {
+			Gateway string `json:"gateway"`
+			URL     string `json:"url"`
+			Ring    string `json:"ring"`
+		}](t, r)
+		owner, _ := td.Ring().Owner(user)
+		if got.Gateway != owner.ID || got.URL != owner.URL || got.Ring != td.Ring().Fingerprint() {
+			t.Fatalf("connect %s: %+v, want %+v in ring %s", user, got, owner, td.Ring().Fingerprint())
+		}
+		if r.header.Get("Access-Control-Allow-Origin") != "*" {
+			t.Errorf("connect answers without CORS")
+		}
+	}
+	if r := td.do("POST", "/v1/connect", "", "Authorization", "Bearer "+mustToken(t, otherSecret, "alice", time.Hour)); r.status != http.StatusOK {
+		t.Fatalf("token signed with the older secret: %d %s", r.status, r.body)
+	}
+	foreign := []byte("another-deployment-secret-0123456789")
+	for name, hdr := range map[string]string{
+		"no token":            "",
+		"not bearer":          "Basic " + mustToken(t, testSecret, "alice", time.Hour),
+		"expired":             "Bearer " + mustToken(t, testSecret, "alice", -time.Minute),
+		"foreign secret":      "Bearer " + mustToken(t, foreign, "alice", time.Hour),
+		"garbage":             "Bearer not.a.jwt",
+		"API key":             "Bearer " + testKey,
+		"token over the size": "Bearer " + strings.Repeat("x", wire.MaxTokenBytes+1),
+	} {
+		t.Run(name, func(t *testing.T) {
+			wantError(t, td.do("POST", "/v1/connect", "", "Authorization", hdr), http.StatusUnauthorized, CodeUnauthorized)
+		})
+	}
+	r := td.do("OPTIONS", "/v1/connect", "", "Origin", "https://app.example", "Access-Control-Request-Method", "POST")
+	if r.status != http.StatusNoContent || r.header.Get("Access-Control-Allow-Origin") != "*" ||
+		!strings.Contains(r.header.Get("Access-Control-Allow-Headers"), "Authorization") {
+		t.Fatalf("preflight: %d %v", r.status, r.header)
+	}
+	if allow := td.do("GET", "/v1/connect", "").header.Get("Allow"); allow != "OPTIONS, POST" {
+		t.Fatalf("Allow on /v1/connect: %q", allow)
+	}
+}
+
+// TestCluster: /v1/cluster lists the ring's members with the socket counts
+// their stats replies give, nulls for a member that does not answer, and
+// "held" for a member that fails its check while alive.
+func TestCluster(t *testing.T) {
+	e := newEnv(t)
+	e.gateway("gw-a", gatewayOpts{stats: &wire.GatewayStats{Gateway: "gw-a", Sockets: 3, Users: 2}})
+	b := e.gateway("gw-b", gatewayOpts{stats: &wire.GatewayStats{Gateway: "gw-b", Sockets: 5, Users: 4}, ttl: time.Second})
+	e.gateway("gw-c", gatewayOpts{}) // answers no stats requests
+	td := e.dispatcher()
+	td.waitRing("gw-a", "gw-b", "gw-c")
+
+	type member struct {
+		ID      string `json:"id"`
+		URL     string `json:"url"`
+		Weight  int    `json:"weight"`
+		State   string `json:"state"`
+		Sockets *int   `json:"sockets"`
+		Users   *int   `json:"users"`
+	}
+	type view struct {
+		Ring     string   `json:"ring"`
+		Degraded bool     `json:"degraded"`
+		Members  []member `json:"members"`
+	}
+	get := func() view {
+		r := td.do("GET", "/v1/cluster", "")
+		if r.status != http.StatusOK {
+			t.Fatalf("GET /v1/cluster: %d %s", r.status, r.body)
+		}
+		return decodeAs[view](t, r)
+	}
+	v := get()
+	if v.Ring != td.Ring().Fingerprint() || v.Degraded || len(v.Members) != 3 {
+		t.Fatalf("cluster %+v, want ring %s, not degraded, 3 members", v, td.Ring().Fingerprint())
+	}
+	n := func(p *int) any {
+		if p == nil {
+			return nil
+		}
+		return *p
+	}
+	for i, want := range []struct {
+		id             string
+		sockets, users any
+	}{{"gw-a", 3, 2}, {"gw-b", 5, 4}, {"gw-c", nil, nil}} {
+		m := v.Members[i]
+		if m.ID != want.id || m.URL != "ws://127.0.0.1:7000/"+want.id || m.Weight != 1 || m.State != statePassing ||
+			n(m.Sockets) != want.sockets || n(m.Users) != want.users {
+			t.Errorf("member %d: %+v (sockets %v, users %v), want %s passing with %v sockets, %v users",
+				i, m, n(m.Sockets), n(m.Users), want.id, want.sockets, want.users)
+		}
+	}
+
+	// gw-b's check fails while it still answers its liveness probe: it is
+	// held, not dropped.
+	b.healthy.Store(false)
+	waitFor(t, 10*time.Second, "gw-b to be shown held", func() bool {
+		v := get()
+		i := slices.IndexFunc(v.Members, func(m member) bool { return m.ID == "gw-b" })
+		return i >= 0 && v.Members[i].State == stateHeld
+	})
+	if got := td.metric("herald_ring_held_members"); got != 1 {
+		t.Errorf("herald_ring_held_members = %v, want 1", got)
+	}
+	if td.Ring().Len() != 3 {
+		t.Fatalf("ring of %d members while gw-b is held, want 3", td.Ring().Len())
+	}
+}

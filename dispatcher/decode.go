@@ -1,0 +1,188 @@
+package dispatcher
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+	"unicode/utf8"
+
+	"github.com/heraldpush/herald/gateway/wire"
+)
+
+// Request decoding. Every decoder here takes untrusted bytes and is strict:
+// one JSON object, no unknown fields (a typo such as "date" for "data" must
+// not store a notification without its content), nothing after it, and the
+// whole body valid UTF-8 (the JSON decoder would otherwise replace bad bytes
+// in a user ID, silently addressing someone else, and a gateway could not
+// send invalid UTF-8 in a WebSocket text frame).
+
+// notification is a validated notify request.
+type notification struct {
+	User string
+	// ID is the caller's idempotency key, or empty when it sent none (notify
+	// makes one then).
+	ID   string
+	Data json.RawMessage
+}
+
+type notifyRequest struct {
+	User *string         `json:"user"`
+	Data json.RawMessage `json:"data"`
+	ID   *string         `json:"id"`
+}
+
+// decodeNotify decodes and validates one notification: a notify body or one
+// item of a batch. data may be any JSON value except null, at most
+// maxPayload bytes as sent.
+func decodeNotify(b []byte, maxPayload int) (notification, *Error) {
+	var req notifyRequest
+	if err := decodeStrict(b, &req); err != nil {
+		return notification{}, err
+	}
+	if req.User == nil {
+		return notification{}, errorf(CodeInvalidUser, "user is required")
+	}
+	if err := wire.ValidateUser(*req.User); err != nil {
+		return notification{}, errorf(CodeInvalidUser, "%v", err)
+	}
+	n := notification{User: *req.User}
+	if req.ID != nil {
+		if err := wire.ValidateID(*req.ID); err != nil {
+			return notification{}, errorf(CodeInvalidID, "%v", err)
+		}
+		n.ID = *req.ID
+	}
+	data, err := checkData(req.Data, maxPayload)
+	if err != nil {
+		return notification{}, err
+	}
+	n.Data = data
+	return n, nil
+}
+
+// checkData checks the data of a notification or a broadcast. JSON null is
+// refused with a missing field: a notification without content is a caller's
+// bug far more often than a message.
+func checkData(data json.RawMessage, maxPayload int) (json.RawMessage, *Error) {
+	switch {
+	case len(data) == 0:
+		return nil, errorf(CodeInvalidData, "data is required: any JSON value except null")
+	case string(data) == "null":
+		return nil, errorf(CodeInvalidData, "data is null: send any other JSON value")
+	case len(data) > maxPayload:
+		return nil, errorf(CodePayloadTooLarge, "data is %d bytes, at most %d", len(data), maxPayload)
+	}
+	return data, nil
+}
+
+// batchRequest is a batch body; the items are decoded one by one so that
+// one bad item fails only itself.
+type batchRequest struct {
+	Notifications *[]json.RawMessage `json:"notifications"`
+}
+
+// decodeBatch decodes a batch body into its raw items.
+func decodeBatch(b []byte, maxBatch int) ([]json.RawMessage, *Error) {
+	var req batchRequest
+	if err := decodeStrict(b, &req); err != nil {
+		return nil, err
+	}
+	if req.Notifications == nil {
+		return nil, errorf(CodeInvalidJSON, `"notifications" is required: an array of notifications`)
+	}
+	items := *req.Notifications
+	if len(items) > maxBatch {
+		return nil, errorf(CodeBatchTooLarge, "%d notifications in one batch, at most %d", len(items), maxBatch)
+	}
+	return items, nil
+}
+
+type broadcastRequest struct {
+	Data json.RawMessage `json:"data"`
+}
+
+func decodeBroadcast(b []byte, maxPayload int) (json.RawMessage, *Error) {
+	var req broadcastRequest
+	if err := decodeStrict(b, &req); err != nil {
+		return nil, err
+	}
+	return checkData(req.Data, maxPayload)
+}
+
+type devTokenRequest struct {
+	User *string `json:"user"`
+}
+
+func decodeDevToken(b []byte) (string, *Error) {
+	var req devTokenRequest
+	if err := decodeStrict(b, &req); err != nil {
+		return "", err
+	}
+	if req.User == nil {
+		return "", errorf(CodeInvalidUser, "user is required")
+	}
+	if err := wire.ValidateUser(*req.User); err != nil {
+		return "", errorf(CodeInvalidUser, "%v", err)
+	}
+	return *req.User, nil
+}
+
+// fieldCodes names the error of a field whose JSON has the wrong type, so
+// {"user": 5} is an invalid user rather than a generic JSON error.
+var fieldCodes = map[string]Code{"user": CodeInvalidUser, "id": CodeInvalidID}
+
+// decodeStrict decodes exactly one JSON object into v, refusing unknown
+// fields and anything after the object.
+func decodeStrict(b []byte, v any) *Error {
+	if !utf8.Valid(b) {
+		return errorf(CodeInvalidJSON, "the body is not valid UTF-8")
+	}
+	trimmed := bytes.TrimLeft(b, " \t\r\n")
+	if len(trimmed) == 0 || trimmed[0] != '{' {
+		return errorf(CodeInvalidJSON, "the body must be a JSON object")
+	}
+	d := json.NewDecoder(bytes.NewReader(trimmed))
+	d.DisallowUnknownFields()
+	if err := d.Decode(v); err != nil {
+		var te *json.UnmarshalTypeError
+		if errors.As(err, &te) {
+			if c, ok := fieldCodes[te.Field]; ok {
+				return errorf(c, "%s must be a JSON string, not %s", te.Field, te.Value)
+			}
+		}
+		return errorf(CodeInvalidJSON, "bad JSON: %v", err)
+	}
+	if _, err := d.Token(); err != io.EOF {
+		return errorf(CodeInvalidJSON, "bad JSON: data after the object")
+	}
+	return nil
+}
+
+// maxBodyOverhead is what a notify body may hold beyond its data: the
+// user ID and id, each escaped at up to 6 bytes a byte, the keys and
+// whitespace. The body reader is capped at the payload limit plus this, so
+// an oversized body is refused before it is all read, yet every valid one
+// fits.
+const maxBodyOverhead = 16 << 10
+
+// readJSONBody checks the Content-Type and reads the body, at most limit
+// bytes.
+func readJSONBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, *Error) {
+	ct := r.Header.Get("Content-Type")
+	if mt, _, err := mime.ParseMediaType(ct); err != nil || mt != "application/json" {
+		return nil, errorf(CodeUnsupportedMedia, "Content-Type must be application/json, not %q", ct)
+	}
+	b, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
+	if err != nil {
+		var mb *http.MaxBytesError
+		if errors.As(err, &mb) {
+			return nil, errorf(CodePayloadTooLarge, "the body is over %d bytes", limit)
+		}
+		return nil, &Error{Code: CodeInvalidJSON, Message: "reading the body failed", Err: fmt.Errorf("read body: %w", err)}
+	}
+	return b, nil
+}

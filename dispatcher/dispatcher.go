@@ -1,0 +1,204 @@
+package dispatcher
+
+import (
+	"context"
+	crand "crypto/rand"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/heraldpush/herald/gateway/inbox"
+	"github.com/heraldpush/herald/gateway/token"
+	"github.com/heraldpush/herald/gateway/wire"
+	"github.com/heraldpush/herald/ring"
+	"github.com/heraldpush/herald/ring/consul"
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sync/errgroup"
+	"golang.org/x/time/rate"
+)
+
+// Dispatcher is herald's stateless HTTP API. Create it with New and serve
+// with Run.
+type Dispatcher struct {
+	cfg      Config
+	log      *slog.Logger
+	watcher  *consul.Watcher
+	verifier *token.Verifier
+	keys     []apiKey // read-only after New
+	registry *prometheus.Registry
+	metrics  *metrics
+	handler  http.Handler
+	stats    statsCache
+
+	// inbox is nil until Run has ensured the stream; then set once.
+	inbox   atomic.Pointer[inbox.Log]
+	running atomic.Bool
+	flight  inflight
+}
+
+// apiKey is an accepted API key, kept only as its hash (compared in
+// constant time), with its own rate limiter.
+type apiKey struct {
+	sum     [sha256.Size]byte
+	limiter *rate.Limiter
+}
+
+// shutdownGrace is how long Run lets requests in flight finish once its
+// context ends, before it cancels them. An append needs at most the log's
+// AppendTimeout (2s by default); only long wait=delivered requests are cut
+// short, and answer "timeout".
+const shutdownGrace = 5 * time.Second
+
+// New checks cfg, fills its defaults and builds a dispatcher. It does no
+// I/O: Run connects the pieces.
+func New(cfg Config) (*Dispatcher, error) {
+	if err := cfg.fill(); err != nil {
+		return nil, err
+	}
+	v, err := token.NewVerifier(cfg.TokenSecrets...)
+	if err != nil {
+		return nil, fmt.Errorf("dispatcher: %w", err)
+	}
+	d := &Dispatcher{log: cfg.Logger, verifier: v}
+	if cfg.Dev && len(cfg.APIKeys) == 0 {
+		key := "dev-" + crand.Text()
+		cfg.APIKeys = []string{key}
+		d.log.Warn("dev mode: no API key configured; generated one (also served by GET /v1/dev/config)", "api_key", key)
+	}
+	if cfg.Dev {
+		d.log.Warn("dev mode: /v1/dev/token and /v1/dev/config hand out user tokens and the API key to anyone")
+	}
+	if cfg.NATS.Opts.ReconnectBufSize != -1 {
+		d.log.Warn("the NATS connection buffers while reconnecting; create it with nats.ReconnectBufSize(-1) so an append during an outage fails at once rather than after its timeout")
+	}
+	seen := map[[sha256.Size]byte]bool{}
+	for _, k := range cfg.APIKeys {
+		sum := sha256.Sum256([]byte(k))
+		if seen[sum] {
+			continue
+		}
+		seen[sum] = true
+		d.keys = append(d.keys, apiKey{sum: sum, limiter: rate.NewLimiter(cfg.RateLimit, cfg.RateBurst)})
+	}
+	d.cfg = cfg
+
+	wc := cfg.Watch
+	wc.Client = cfg.Consul
+	wc.Probe = wire.LivenessProbe(cfg.NATS)
+	wc.Logger = cfg.Logger.With("component", "watcher")
+	if d.watcher, err = consul.NewWatcher(wc); err != nil {
+		return nil, fmt.Errorf("dispatcher: %w", err)
+	}
+	d.registry = cfg.Registry
+	if d.registry == nil {
+		d.registry = newRegistry()
+	}
+	if d.metrics, err = newMetrics(d, d.registry); err != nil {
+		return nil, err
+	}
+	d.handler = d.routes()
+	return d, nil
+}
+
+// Ring returns the dispatcher's current ring: nil until the watcher has
+// built the first one, empty while no gateway passes.
+func (d *Dispatcher) Ring() *ring.Ring {
+	r, _ := d.watcher.Ring()
+	return r
+}
+
+// Run listens (first, so "address in use" is its error), then serves the
+// API, watches the ring and ensures the log until ctx ends. It then shuts
+// the HTTP server down, letting requests in flight finish for a grace
+// period, and returns after every goroutine it started has ended: nil after
+// ctx ended, or the error that stopped it. Run may be called once.
+func (d *Dispatcher) Run(ctx context.Context) error {
+	if !d.running.CompareAndSwap(false, true) {
+		return errors.New("dispatcher: Run called more than once")
+	}
+	ln := d.cfg.Listener
+	if ln == nil {
+		var err error
+		if ln, err = net.Listen("tcp", d.cfg.Addr); err != nil {
+			return fmt.Errorf("dispatcher: %w", err)
+		}
+	}
+	// Requests run on a context that outlives ctx by the grace period:
+	// ending ctx must not cancel an append halfway.
+	reqCtx, cancelRequests := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelRequests()
+	srv := &http.Server{
+		Handler:           d.handler,
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      d.cfg.MaxWait + 30*time.Second, // a delivery wait, an append, and room
+		IdleTimeout:       2 * time.Minute,
+		BaseContext:       func(net.Listener) context.Context { return reqCtx },
+		ErrorLog:          slog.NewLogLogger(d.log.Handler(), slog.LevelDebug),
+	}
+	d.log.Info("dispatcher listening", "addr", ln.Addr().String(), "dev", d.cfg.Dev)
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("dispatcher: serve: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		<-gctx.Done()
+		d.shutdown(srv, cancelRequests)
+		return nil
+	})
+	g.Go(func() error { return d.watcher.Run(gctx) })
+	g.Go(func() error { d.runLog(gctx); return nil })
+	return g.Wait()
+}
+
+// shutdown stops the server gracefully, then by force, and waits for every
+// handler to return.
+func (d *Dispatcher) shutdown(srv *http.Server, cancelRequests context.CancelFunc) {
+	ctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
+	defer cancel()
+	if err := srv.Shutdown(ctx); err != nil {
+		d.log.Warn("requests still running after the grace period; cancelling them", "grace", shutdownGrace)
+		cancelRequests()
+		srv.Close()
+	}
+	d.flight.closeAndWait()
+}
+
+// inflight counts the handlers running, so Run can return only after the
+// last one, even when the server was closed by force (http.Server does not
+// wait for handlers then). A handler that starts after closing has begun
+// is refused instead of racing the wait.
+type inflight struct {
+	mu     sync.Mutex // guards closed and the transitions of wg
+	closed bool
+	wg     sync.WaitGroup
+}
+
+func (f *inflight) enter() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed {
+		return false
+	}
+	f.wg.Add(1)
+	return true
+}
+
+func (f *inflight) leave() { f.wg.Done() }
+
+func (f *inflight) closeAndWait() {
+	f.mu.Lock()
+	f.closed = true
+	f.mu.Unlock()
+	f.wg.Wait()
+}

@@ -1,0 +1,83 @@
+package dispatcher
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"time"
+
+	"github.com/heraldpush/herald/gateway/wire"
+	"github.com/nats-io/nats.go"
+)
+
+// rung is what ringing a user's owner found.
+type rung struct {
+	gateway  string // the owner; empty when the ring is empty (stored only)
+	delivery string // with a wait: wire.Delivered, wire.Offline or wire.Timeout
+}
+
+// ringOwner rings the gateway that owns db.User in the current ring, on
+// core NATS. Doorbells are hints (a lost one is repaired by the gateway's
+// anti-entropy), so a failed publish is only counted. With wait > 0 the
+// doorbell is a request and the owner's answer is awaited up to wait.
+//
+// Every doorbell goes through here: ringing both the previous and the new
+// owner during a ring change's grace window is a change to this function
+// alone.
+func (d *Dispatcher) ringOwner(ctx context.Context, db wire.Doorbell, wait time.Duration) rung {
+	owner, ok := d.Ring().Owner(db.User)
+	if !ok {
+		if wait > 0 {
+			// Nobody could deliver it: the same answer as a gateway
+			// without a socket for the user.
+			d.metrics.waits.WithLabelValues(wire.Offline).Inc()
+			return rung{delivery: wire.Offline}
+		}
+		return rung{}
+	}
+	msg := db.Msg(owner.ID)
+	if wait <= 0 {
+		if err := d.cfg.NATS.PublishMsg(msg); err != nil {
+			d.metrics.doorbells.WithLabelValues("failed").Inc()
+			d.log.Debug("doorbell not sent; the gateway's anti-entropy will find the message", "gateway", owner.ID, "seq", db.Seq, "error", err)
+		} else {
+			d.metrics.doorbells.WithLabelValues("sent").Inc()
+		}
+		return rung{gateway: owner.ID}
+	}
+	outcome := d.awaitDelivery(ctx, owner.ID, msg, wait)
+	d.metrics.waits.WithLabelValues(outcome).Inc()
+	return rung{gateway: owner.ID, delivery: outcome}
+}
+
+// awaitDelivery sends the doorbell as a request and maps the answer to a
+// delivery outcome. Only a gateway's definite answer is delivered or
+// offline; "no responders" means no process serves the gateway's subject,
+// so nobody holds the user's socket: offline. Anything else, including a
+// doorbell that could not be sent, is timeout: the message is stored either
+// way, and its delivery is simply not known.
+func (d *Dispatcher) awaitDelivery(ctx context.Context, gateway string, msg *nats.Msg, wait time.Duration) string {
+	ctx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
+	reply, err := d.cfg.NATS.RequestMsgWithContext(ctx, msg)
+	switch {
+	case err == nil:
+		d.metrics.doorbells.WithLabelValues("sent").Inc()
+		var dr wire.DeliveryReply
+		if json.Unmarshal(reply.Data, &dr) == nil && (dr.Status == wire.Delivered || dr.Status == wire.Offline) {
+			return dr.Status
+		}
+		d.log.Warn("gateway answered a doorbell request with nonsense", "gateway", gateway, "reply", string(reply.Data))
+		return wire.Timeout
+	case errors.Is(err, nats.ErrNoResponders):
+		d.metrics.doorbells.WithLabelValues("sent").Inc()
+		return wire.Offline
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled), errors.Is(err, nats.ErrTimeout):
+		d.metrics.doorbells.WithLabelValues("sent").Inc()
+		return wire.Timeout
+	default:
+		d.metrics.doorbells.WithLabelValues("failed").Inc()
+		d.log.Debug("doorbell request not sent", "gateway", gateway, "error", err)
+		return wire.Timeout
+	}
+}

@@ -1,0 +1,118 @@
+package dispatcher
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/heraldpush/herald/gateway/wire"
+	"github.com/heraldpush/herald/ring"
+)
+
+// Member states in /v1/cluster.
+const (
+	statePassing = "passing" // passing its Consul check
+	stateHeld    = "held"    // failing its check but alive: kept for the hold period
+)
+
+// statsTimeout bounds the wait for a gateway's socket counts; a gateway
+// slower than this is shown with nulls.
+const statsTimeout = 500 * time.Millisecond
+
+// statsTTL is how long socket counts are reused. /v1/cluster needs no
+// authentication, so without it every request would cost a NATS request per
+// gateway: a cheap way to load the whole cluster.
+const statsTTL = time.Second
+
+type clusterMember struct {
+	ID      string `json:"id"`
+	URL     string `json:"url"`
+	Weight  int    `json:"weight"`
+	State   string `json:"state"`
+	Sockets *int   `json:"sockets"` // null when the gateway did not answer
+	Users   *int   `json:"users"`
+}
+
+type clusterView struct {
+	// Ring is the fingerprint of the current ring; empty before the first.
+	Ring     string          `json:"ring"`
+	Degraded bool            `json:"degraded"`
+	Members  []clusterMember `json:"members"`
+}
+
+// handleCluster serves GET /v1/cluster: the ring as this dispatcher sees
+// it, with each gateway's socket counts. It exposes no secrets.
+func (d *Dispatcher) handleCluster(w http.ResponseWriter, r *http.Request) {
+	rg := d.Ring()
+	st := d.watcher.Status()
+	view := clusterView{Degraded: st.Degraded, Members: []clusterMember{}}
+	if rg != nil {
+		view.Ring = rg.Fingerprint()
+	}
+	stats := d.gatewayStats(r.Context(), rg)
+	for _, m := range rg.Members() {
+		cm := clusterMember{ID: m.ID, URL: m.URL, Weight: m.Weight, State: statePassing}
+		if slices.Contains(st.Held, m.ID) {
+			cm.State = stateHeld
+		}
+		if s, ok := stats[m.ID]; ok {
+			cm.Sockets, cm.Users = &s.Sockets, &s.Users
+		}
+		view.Members = append(view.Members, cm)
+	}
+	writeJSON(w, http.StatusOK, view)
+}
+
+// statsCache holds the last socket counts, fetched for one ring.
+type statsCache struct {
+	// mu guards the following. It is held while fetching, so concurrent
+	// requests wait for one round of NATS requests and share it.
+	mu   sync.Mutex
+	at   time.Time
+	ring string
+	got  map[string]wire.GatewayStats // read-only once stored
+}
+
+// gatewayStats asks every member of rg for its counts, in parallel, each
+// within statsTimeout; members that do not answer are absent.
+func (d *Dispatcher) gatewayStats(ctx context.Context, rg *ring.Ring) map[string]wire.GatewayStats {
+	if rg.Len() == 0 {
+		return nil
+	}
+	c := &d.stats
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.got != nil && c.ring == rg.Fingerprint() && time.Since(c.at) < statsTTL {
+		return c.got
+	}
+	// Shared with later requests: not cut short by this one's client.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), statsTimeout)
+	defer cancel()
+	var (
+		mu  sync.Mutex
+		got = map[string]wire.GatewayStats{}
+		wg  sync.WaitGroup
+	)
+	for _, m := range rg.Members() {
+		wg.Go(func() {
+			reply, err := d.cfg.NATS.RequestWithContext(ctx, wire.StatsSubject(m.ID), nil)
+			if err != nil {
+				return
+			}
+			var s wire.GatewayStats
+			if err := json.Unmarshal(reply.Data, &s); err != nil || s.Sockets < 0 || s.Users < 0 {
+				d.log.Warn("gateway answered a stats request with nonsense", "gateway", m.ID, "reply", string(reply.Data))
+				return
+			}
+			mu.Lock()
+			got[m.ID] = s
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	c.at, c.ring, c.got = time.Now(), rg.Fingerprint(), got
+	return got
+}

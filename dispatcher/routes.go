@@ -1,0 +1,126 @@
+package dispatcher
+
+import (
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// route is one path of the API and its handlers by method. Paths match
+// exactly: the API has no path parameters, and exact matching keeps the
+// route label of the metrics bounded.
+type route struct {
+	path    string
+	methods map[string]http.Handler
+	allow   string // the Allow header of a 405
+}
+
+// router answers unknown paths with 404 not_found and known paths with a
+// method they do not serve with 405 method_not_allowed, both as JSON errors
+// (http.ServeMux would answer in plain text).
+type router struct {
+	d      *Dispatcher
+	routes map[string]*route
+}
+
+func (d *Dispatcher) routes() http.Handler {
+	rt := &router{d: d, routes: map[string]*route{}}
+	publish := d.requireAPIKey
+	rt.handle("POST", "/v1/notify", publish(http.HandlerFunc(d.handleNotify)))
+	rt.handle("POST", "/v1/notify/batch", publish(http.HandlerFunc(d.handleBatch)))
+	rt.handle("POST", "/v1/broadcast", publish(http.HandlerFunc(d.handleBroadcast)))
+	rt.handle("POST", "/v1/connect", http.HandlerFunc(d.handleConnect))
+	rt.handle("OPTIONS", "/v1/connect", http.HandlerFunc(d.handleConnectPreflight))
+	rt.handle("GET", "/v1/cluster", http.HandlerFunc(d.handleCluster))
+	rt.handle("GET", "/healthz", http.HandlerFunc(d.handleHealthz))
+	rt.handle("GET", "/readyz", http.HandlerFunc(d.handleReadyz))
+	rt.handle("GET", "/metrics", promhttp.HandlerFor(d.registry, promhttp.HandlerOpts{Registry: d.registry}))
+	if d.cfg.Dev {
+		rt.handle("POST", "/v1/dev/token", http.HandlerFunc(d.handleDevToken))
+		rt.handle("GET", "/v1/dev/config", http.HandlerFunc(d.handleDevConfig))
+	}
+	for _, r := range rt.routes {
+		var ms []string
+		for m := range r.methods {
+			ms = append(ms, m)
+		}
+		if r.methods["GET"] != nil {
+			ms = append(ms, "HEAD")
+		}
+		slices.Sort(ms)
+		r.allow = strings.Join(ms, ", ")
+	}
+	return rt
+}
+
+func (rt *router) handle(method, path string, h http.Handler) {
+	r := rt.routes[path]
+	if r == nil {
+		r = &route{path: path, methods: map[string]http.Handler{}}
+		rt.routes[path] = r
+	}
+	r.methods[method] = h
+}
+
+func (rt *router) ServeHTTP(w http.ResponseWriter, req *http.Request) {
+	d := rt.d
+	if !d.flight.enter() {
+		w.Header().Set("Connection", "close")
+		d.writeError(w, req, errorf(CodeUnavailable, "the dispatcher is shutting down"))
+		return
+	}
+	defer d.flight.leave()
+
+	start := time.Now()
+	rec := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
+	label := "unmatched"
+	defer func() {
+		d.metrics.requests.WithLabelValues(label, strconv.Itoa(rec.status)).Inc()
+		d.metrics.latency.WithLabelValues(label).Observe(time.Since(start).Seconds())
+	}()
+
+	r := rt.routes[req.URL.Path]
+	if r == nil {
+		d.writeError(rec, req, errorf(CodeNotFound, "no route %s", req.URL.Path))
+		return
+	}
+	label = r.path
+	h := r.methods[req.Method]
+	if h == nil && req.Method == http.MethodHead {
+		h = r.methods[http.MethodGet]
+	}
+	if h == nil {
+		rec.Header().Set("Allow", r.allow)
+		d.writeError(rec, req, errorf(CodeMethodNotAllowed, "%s does not serve %s; allowed: %s", r.path, req.Method, r.allow))
+		return
+	}
+	h.ServeHTTP(rec, req)
+}
+
+// statusRecorder remembers the status a handler answered with, for the
+// request metrics.
+type statusRecorder struct {
+	http.ResponseWriter
+	status      int
+	wroteHeader bool
+}
+
+func (s *statusRecorder) WriteHeader(code int) {
+	if !s.wroteHeader {
+		s.status, s.wroteHeader = code, true
+	}
+	s.ResponseWriter.WriteHeader(code)
+}
+
+func (s *statusRecorder) Write(b []byte) (int, error) {
+	s.wroteHeader = true
+	return s.ResponseWriter.Write(b)
+}
+
+// Unwrap lets http.ResponseController reach the connection (flushes,
+// deadlines).
+func (s *statusRecorder) Unwrap() http.ResponseWriter { return s.ResponseWriter }

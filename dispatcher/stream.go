@@ -1,0 +1,102 @@
+package dispatcher
+
+import (
+	"context"
+	"math/rand/v2"
+	"time"
+
+	"github.com/heraldpush/herald/gateway/inbox"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// runLog ensures the stream, publishes the log to the handlers, then
+// re-reads the epoch every EpochRefresh until ctx ends.
+func (d *Dispatcher) runLog(ctx context.Context) {
+	l := d.ensure(ctx)
+	if l == nil {
+		return
+	}
+	d.inbox.Store(l)
+	t := time.NewTicker(d.cfg.EpochRefresh)
+	defer t.Stop()
+	failing := false
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		err := d.refreshEpoch(ctx, l)
+		switch {
+		case err != nil && !failing && ctx.Err() == nil:
+			d.log.Warn("re-reading the log's epoch failed; doorbells keep the last one known", "error", err)
+		case err == nil && failing:
+			d.log.Info("the log's epoch can be read again", "epoch", l.Epoch())
+		}
+		failing = err != nil
+	}
+}
+
+// ensure creates or updates the stream, retrying with backoff until it
+// succeeds (nil only when ctx ended first): a dispatcher started before
+// NATS is up serves /healthz and answers 503 meanwhile.
+func (d *Dispatcher) ensure(ctx context.Context) *inbox.Log {
+	delay := 100 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		actx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		l, err := inbox.Ensure(actx, d.cfg.NATS, d.cfg.Log)
+		cancel()
+		if err == nil {
+			d.log.Info("log ready", "stream", l.Config().Stream, "epoch", l.Epoch())
+			return l
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+		d.log.Warn("creating or updating the log's stream failed; retrying", "attempt", attempt, "retry_in", delay, "error", err)
+		t := time.NewTimer(delay/2 + rand.N(delay/2+1))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil
+		case <-t.C:
+		}
+		delay = min(2*delay, 5*time.Second)
+	}
+}
+
+// refreshEpoch re-reads the log's epoch. When NATS answers but the stream
+// is gone (deleted by an operator), it creates it again, as a starting
+// dispatcher would: otherwise every append would fail until a restart.
+func (d *Dispatcher) refreshEpoch(ctx context.Context, l *inbox.Log) error {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	old := l.Epoch()
+	e, err := l.Refresh(ctx)
+	if err != nil && d.cfg.NATS.IsConnected() {
+		js, jerr := jetstream.New(d.cfg.NATS)
+		if jerr != nil {
+			return err
+		}
+		if _, cerr := js.CreateOrUpdateStream(ctx, l.Config().StreamConfig()); cerr != nil {
+			return err
+		}
+		if e, err = l.Refresh(ctx); err != nil {
+			return err
+		}
+	}
+	if err != nil {
+		return err
+	}
+	if e != old {
+		d.log.Warn("the log's epoch changed: the stream was recreated", "old", old, "new", e)
+	}
+	return nil
+}
+
+func (d *Dispatcher) logStats() inbox.Stats {
+	if l := d.inbox.Load(); l != nil {
+		return l.Stats()
+	}
+	return inbox.Stats{}
+}
