@@ -15,6 +15,11 @@ import (
 // version is set at build time with -ldflags "-X main.version=...".
 var version = "dev"
 
+// hardStop is closed by the second SIGINT or SIGTERM. The first ends the
+// command's context, which for a gateway means drain; the second means stop
+// now.
+var hardStop = make(chan struct{})
+
 type command struct {
 	name    string
 	summary string
@@ -24,6 +29,7 @@ type command struct {
 var commands = []command{
 	{"dispatcher", "run a dispatcher: the HTTP API that stores and routes notifications", runDispatcher},
 	{"gateway", "run a gateway: the WebSocket server that delivers users' notifications", runGateway},
+	{"listen", "connect as a user and print what arrives", runListen},
 	{"nats", "run an embedded NATS server with JetStream (local use)", runNATS},
 	{"ring", "show the ring the dispatchers and gateways build from Consul", runRing},
 	{"version", "print the version", func(context.Context, []string) error { fmt.Println("herald", version); return nil }},
@@ -46,7 +52,15 @@ func main() {
 		if c.name != os.Args[1] {
 			continue
 		}
-		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		sigs := make(chan os.Signal, 2)
+		signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+		ctx, stop := context.WithCancel(context.Background())
+		go func() {
+			<-sigs
+			stop()
+			<-sigs
+			close(hardStop)
+		}()
 		err := c.run(ctx, os.Args[2:])
 		stop()
 		if errors.Is(err, flag.ErrHelp) {

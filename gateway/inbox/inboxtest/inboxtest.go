@@ -74,8 +74,8 @@ func (s *Server) Stop() {
 // URL is the server's client URL; it stays the same across restarts.
 func (s *Server) URL() string { return fmt.Sprintf("nats://%s:%d", s.opts.Host, s.opts.Port) }
 
-// RunCluster starts an n-node JetStream cluster and waits until it has a
-// meta leader. URLs lists every node's client URL, comma-separated, as
+// RunCluster starts an n-node JetStream cluster and waits until its meta
+// leader sees every peer online. URLs lists every node's client URL, comma-separated, as
 // nats.Connect takes them.
 func RunCluster(tb testing.TB, n int) (nodes []*Server, urls string) {
 	tb.Helper()
@@ -99,15 +99,17 @@ func RunCluster(tb testing.TB, n int) (nodes []*Server, urls string) {
 		}
 		urls += s.URL()
 	}
-	deadline := time.Now().Add(20 * time.Second)
+	// Ready means the meta leader sees every peer online with JetStream:
+	// before that, placing a replicated stream fails ("no suitable peers").
+	deadline := time.Now().Add(30 * time.Second)
 	for {
 		for _, s := range nodes {
-			if s.JetStreamIsLeader() {
+			if s.JetStreamIsLeader() && len(s.JetStreamClusterPeers()) == n {
 				return nodes, urls
 			}
 		}
 		if time.Now().After(deadline) {
-			tb.Fatalf("inboxtest: no JetStream meta leader in the %d-node cluster", n)
+			tb.Fatalf("inboxtest: the %d-node cluster has no meta leader seeing every peer", n)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
