@@ -74,6 +74,10 @@ type Config struct {
 	// unreachable (the last ring is kept meanwhile). If zero, defaults to
 	// 5m.
 	StaleAfter time.Duration
+	// MoveWindow is the gateways' move window (gateway.Config.MoveWindow):
+	// for it plus 2s after a ring change, doorbells for a user whose owner
+	// changed ring both owners. If zero, 5s.
+	MoveWindow time.Duration
 
 	// Registry is where the metrics are registered and what /metrics
 	// serves. If nil, a new one with the Go and process collectors.
@@ -91,6 +95,7 @@ const (
 	DefaultMaxWait                 = 30 * time.Second
 	DefaultEpochRefresh            = 10 * time.Second
 	DefaultStaleAfter              = 5 * time.Minute
+	DefaultMoveWindow              = 5 * time.Second
 )
 
 // msgHeaderRoom is what the log's headers add to a message: Nats-Msg-Id (a
@@ -137,6 +142,9 @@ func (c *Config) fill() error {
 	}
 	if c.StaleAfter == 0 {
 		c.StaleAfter = DefaultStaleAfter
+	}
+	if c.MoveWindow == 0 {
+		c.MoveWindow = DefaultMoveWindow
 	}
 	switch {
 	case c.RateLimit < 0 || c.RateBurst < 0:

@@ -38,6 +38,7 @@ type Dispatcher struct {
 
 	// inbox is nil until Run has ensured the stream; then set once.
 	inbox   atomic.Pointer[inbox.Log]
+	rings   atomic.Pointer[rings] // the current ring and, in a grace window, the previous
 	running atomic.Bool
 	flight  inflight
 }
@@ -157,6 +158,7 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 		return nil
 	})
 	g.Go(func() error { return d.watcher.Run(gctx) })
+	g.Go(func() error { d.followRings(gctx, &d.rings); return nil })
 	g.Go(func() error { d.runLog(gctx); return nil })
 	return g.Wait()
 }

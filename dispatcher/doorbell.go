@@ -16,17 +16,25 @@ type rung struct {
 	delivery string // with a wait: wire.Delivered, wire.Offline or wire.Timeout
 }
 
-// ringOwner rings the gateway that owns db.User in the current ring, on
+// ringOwner rings the gateway that owns db.User in the current ring (and,
+// within the grace window of a ring change, its previous owner too), on
 // core NATS. Doorbells are hints (a lost one is repaired by the gateway's
 // anti-entropy), so a failed publish is only counted. With wait > 0 the
-// doorbell is a request and the owner's answer is awaited up to wait.
-//
-// Every doorbell goes through here: ringing both the previous and the new
-// owner during a ring change's grace window is a change to this function
-// alone.
+// doorbell is a request and the owners' answers are awaited up to wait.
 func (d *Dispatcher) ringOwner(ctx context.Context, db wire.Doorbell, wait time.Duration) rung {
-	owner, ok := d.Ring().Owner(db.User)
-	if !ok {
+	rs := d.rings.Load()
+	if rs == nil {
+		rs = &rings{cur: d.Ring()}
+	}
+	owner, previous, ok, both := rs.owners(db.User, time.Now())
+	targets := []string{owner.ID}
+	switch {
+	case both && ok:
+		d.metrics.graceDoorbells.Inc()
+		targets = append(targets, previous.ID)
+	case both:
+		targets = []string{previous.ID}
+	case !ok:
 		if wait > 0 {
 			// Nobody could deliver it: the same answer as a gateway
 			// without a socket for the user.
@@ -35,19 +43,46 @@ func (d *Dispatcher) ringOwner(ctx context.Context, db wire.Doorbell, wait time.
 		}
 		return rung{}
 	}
-	msg := db.Msg(owner.ID)
 	if wait <= 0 {
-		if err := d.cfg.NATS.PublishMsg(msg); err != nil {
-			d.metrics.doorbells.WithLabelValues("failed").Inc()
-			d.log.Debug("doorbell not sent; the gateway's anti-entropy will find the message", "gateway", owner.ID, "seq", db.Seq, "error", err)
-		} else {
-			d.metrics.doorbells.WithLabelValues("sent").Inc()
+		for _, gw := range targets {
+			if err := d.cfg.NATS.PublishMsg(db.Msg(gw)); err != nil {
+				d.metrics.doorbells.WithLabelValues("failed").Inc()
+				d.log.Debug("doorbell not sent; the gateway's anti-entropy will find the message", "gateway", gw, "seq", db.Seq, "error", err)
+			} else {
+				d.metrics.doorbells.WithLabelValues("sent").Inc()
+			}
 		}
 		return rung{gateway: owner.ID}
 	}
-	outcome := d.awaitDelivery(ctx, owner.ID, msg, wait)
+	outcome := d.awaitAny(ctx, db, targets, wait)
 	d.metrics.waits.WithLabelValues(outcome).Inc()
 	return rung{gateway: owner.ID, delivery: outcome}
+}
+
+// awaitAny asks every target and combines their answers: delivered as soon
+// as one says so; offline only if all say so (a gateway without the user's
+// socket answers offline at once, even while the other is delivering);
+// otherwise timeout.
+func (d *Dispatcher) awaitAny(ctx context.Context, db wire.Doorbell, targets []string, wait time.Duration) string {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	answers := make(chan string, len(targets))
+	for _, gw := range targets {
+		go func() { answers <- d.awaitDelivery(ctx, gw, db.Msg(gw), wait) }()
+	}
+	offline := 0
+	for range targets {
+		switch <-answers {
+		case wire.Delivered:
+			return wire.Delivered
+		case wire.Offline:
+			offline++
+		}
+	}
+	if offline == len(targets) {
+		return wire.Offline
+	}
+	return wire.Timeout
 }
 
 // awaitDelivery sends the doorbell as a request and maps the answer to a

@@ -12,14 +12,15 @@ import (
 // watcher keep themselves are read at scrape time (CounterFunc), so there is
 // one source of truth for each.
 type metrics struct {
-	notifications *prometheus.CounterVec // by result: routed, stored or an error code
-	duplicates    prometheus.Counter
-	doorbells     *prometheus.CounterVec // by result: sent, failed
-	waits         *prometheus.CounterVec // by outcome: delivered, offline, timeout
-	broadcasts    *prometheus.CounterVec // by result: sent, failed
-	rateLimited   prometheus.Counter
-	requests      *prometheus.CounterVec   // by route and code
-	latency       *prometheus.HistogramVec // by route
+	notifications  *prometheus.CounterVec // by result: routed, stored or an error code
+	duplicates     prometheus.Counter
+	doorbells      *prometheus.CounterVec // by result: sent, failed
+	waits          *prometheus.CounterVec // by outcome: delivered, offline, timeout
+	graceDoorbells prometheus.Counter
+	broadcasts     *prometheus.CounterVec // by result: sent, failed
+	rateLimited    prometheus.Counter
+	requests       *prometheus.CounterVec   // by route and code
+	latency        *prometheus.HistogramVec // by route
 }
 
 // newMetrics registers the metrics on reg. It fails if reg already has
@@ -42,6 +43,10 @@ func newMetrics(d *Dispatcher, reg *prometheus.Registry) (*metrics, error) {
 			Name: "herald_delivery_waits_total",
 			Help: "wait=delivered requests by outcome: delivered, offline, timeout.",
 		}, []string{"outcome"}),
+		graceDoorbells: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "herald_grace_doorbells_total",
+			Help: "Notifications rung on both the previous and the new owner, in the grace window after a ring change.",
+		}),
 		broadcasts: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "herald_broadcasts_total",
 			Help: "Live-only broadcasts, by result (sent, failed).",

@@ -87,6 +87,18 @@ type Config struct {
 	MaxReplays int
 	// AntiEntropy is the period of the full head re-read. If zero, 10s.
 	AntiEntropy time.Duration
+	// MoveWindow spreads the moves a ring change calls for (moved + 4001)
+	// with jitter over this long. Dispatchers ring both owners for the
+	// window plus 2s, so give them the same value. If zero, 5s.
+	MoveWindow time.Duration
+	// MovesPerSecond caps moves. If zero, 1000.
+	MovesPerSecond int
+	// DrainConverge is how long a draining gateway waits, after leaving
+	// Consul, for the other components' rings to drop it before it moves
+	// its users. If zero, 2s.
+	DrainConverge time.Duration
+	// DrainTimeout bounds a drain from start to exit. If zero, 30s.
+	DrainTimeout time.Duration
 
 	// DoorbellHook, if set, wraps doorbell handling: tests use it to drop,
 	// duplicate, delay and reorder doorbells.
@@ -125,6 +137,9 @@ func (c *Config) fill() error {
 	def(&c.WriteTimeout, 10*time.Second)
 	def(&c.PingInterval, 30*time.Second)
 	def(&c.AntiEntropy, 10*time.Second)
+	def(&c.MoveWindow, 5*time.Second)
+	def(&c.DrainConverge, 2*time.Second)
+	def(&c.DrainTimeout, 30*time.Second)
 	defInt := func(d *int, v int) {
 		if *d == 0 {
 			*d = v
@@ -135,6 +150,7 @@ func (c *Config) fill() error {
 	defInt(&c.BufferSize, 64)
 	defInt(&c.ReadBatch, 100)
 	defInt(&c.MaxReplays, 64)
+	defInt(&c.MovesPerSecond, 1000)
 	if c.MaxFrameBytes == 0 {
 		c.MaxFrameBytes = 4 << 10
 	}
@@ -161,8 +177,18 @@ type Gateway struct {
 	epoch atomic.Pointer[string]
 	jsOK  atomic.Bool // the last JetStream call of the monitor succeeded
 	reg   atomic.Pointer[consul.Registration]
-	serve atomic.Bool   // accepting sockets
-	wake  chan struct{} // asks the monitor for an epoch check now
+	live  atomic.Pointer[nats.Subscription] // the liveness responder
+	serve atomic.Bool                       // accepting sockets
+	wake  chan struct{}                     // asks the monitor for an epoch check now
+
+	draining  atomic.Bool   // leaving: placement excludes this gateway
+	fenced    atomic.Bool   // cut off from Consul for longer than the hold
+	drainReq  chan struct{} // closed by Drain
+	drainOnce sync.Once
+
+	moveMu  sync.Mutex           // guards due and without
+	due     map[string]time.Time // user → when to move it
+	without struct{ from, ring *ring.Ring }
 
 	conns sync.WaitGroup // socket handlers and the closes they start
 
@@ -194,6 +220,8 @@ func New(cfg Config) (*Gateway, error) {
 		wake:     make(chan struct{}, 1),
 		hubs:     make(map[string]*hub),
 		open:     make(map[*websocket.Conn]struct{}),
+		drainReq: make(chan struct{}),
+		due:      make(map[string]time.Time),
 	}
 	wc := cfg.Watch
 	wc.Client, wc.Probe, wc.Logger = cfg.Consul, wire.LivenessProbe(cfg.NATS), g.log
@@ -237,6 +265,8 @@ func (g *Gateway) Run(ctx context.Context) error {
 	}()
 
 	srv := &http.Server{Handler: g.routes(), ReadHeaderTimeout: 10 * time.Second}
+	ctx, stop := context.WithCancel(ctx)
+	defer stop()
 	eg, ctx := errgroup.WithContext(ctx)
 	g.mu.Lock()
 	g.runCtx = ctx
@@ -250,10 +280,52 @@ func (g *Gateway) Run(ctx context.Context) error {
 	eg.Go(func() error { return g.watcher.Run(ctx) })
 	eg.Go(func() error { return g.start(ctx) })
 	eg.Go(func() error { g.monitor(ctx); return nil })
+	eg.Go(func() error { g.mover(ctx); return nil })
 
-	<-ctx.Done()
+	select {
+	case <-ctx.Done():
+	case <-g.drainReq:
+		g.drain(ctx)
+	}
 	g.shutdown(srv)
+	stop() // stops the goroutines of a gateway that drained
 	return eg.Wait()
+}
+
+// Drain makes Run leave gracefully: deregister from Consul and stop
+// answering liveness (so watchers drop this gateway at once rather than
+// hold it), wait DrainConverge for them, keep delivering while every user
+// is moved to its next owner with pacing, then return, within
+// DrainTimeout. Cancelling Run's context still stops it at once.
+func (g *Gateway) Drain() {
+	g.drainOnce.Do(func() { close(g.drainReq) })
+}
+
+func (g *Gateway) drain(ctx context.Context) {
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(ctx, g.cfg.DrainTimeout)
+	defer cancel()
+	g.log.Info("draining")
+	g.draining.Store(true)
+	if reg := g.reg.Load(); reg != nil {
+		if err := reg.Close(); err != nil {
+			g.log.Warn("deregister", "error", err)
+		}
+	}
+	if s := g.live.Load(); s != nil {
+		s.Unsubscribe()
+	}
+	if !sleep(ctx, g.cfg.DrainConverge) {
+		return
+	}
+	g.planMoves("drain")
+	for g.stats().Sockets > 0 {
+		if !sleep(ctx, 50*time.Millisecond) {
+			g.log.Warn("drain timed out; closing the rest", "sockets", g.stats().Sockets)
+			return
+		}
+	}
+	g.log.Info("drained", "took", time.Since(start).Round(time.Millisecond))
 }
 
 // start waits for what a gateway needs before it accepts sockets (a ring,
@@ -303,6 +375,7 @@ func (g *Gateway) start(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("gateway: subscribe liveness: %w", err)
 	}
+	g.live.Store(live)
 	g.serve.Store(true)
 	g.log.Info("gateway serving", "url", g.cfg.PublicURL, "instance", g.instance)
 	<-ctx.Done()

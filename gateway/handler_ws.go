@@ -34,7 +34,7 @@ func (g *Gateway) handleWS(w http.ResponseWriter, r *http.Request) {
 		c.Close(websocket.StatusCode(code), reason)
 	}
 
-	if !g.serve.Load() || !g.jsOK.Load() {
+	if !g.serve.Load() || !g.jsOK.Load() || g.fenced.Load() {
 		reject(wire.CloseTryAgainLater, "gateway not ready")
 		return
 	}
@@ -140,7 +140,7 @@ func (g *Gateway) owner(ctx context.Context, user, clientRing string) (ring.Memb
 	defer deadline.Stop()
 	for {
 		r, changed := g.watcher.Ring()
-		m, ok := r.Owner(user)
+		m, ok := g.placementOf(r).Owner(user)
 		if !ok || m.ID == g.cfg.ID || clientRing == "" || clientRing == r.Fingerprint() {
 			return m, ok
 		}

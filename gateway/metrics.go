@@ -21,6 +21,7 @@ type metrics struct {
 	slowDetected       prometheus.Counter
 	closes             *prometheus.CounterVec
 	moves              *prometheus.CounterVec
+	movesCancelled     prometheus.Counter
 	broadcasts         *prometheus.CounterVec
 }
 
@@ -40,7 +41,8 @@ func newMetrics(g *Gateway) *metrics {
 		slowConsumers:      f.counter("herald_slow_consumer_closes_total", "Sockets closed with 4008 because a write timed out."),
 		slowDetected:       f.counter("herald_slow_consumers_total", "Writes that outlived the write timeout."),
 		closes:             f.counterVec("herald_socket_closes_total", "Sockets closed by the gateway, by close code.", "code"),
-		moves:              f.counterVec("herald_moves_total", "Users sent to another gateway (moved + 4001), by cause.", "cause"),
+		moves:              f.counterVec("herald_moves_total", "Users sent to another gateway (moved + 4001), or closed with 1013 while fenced, by cause.", "cause"),
+		movesCancelled:     f.counter("herald_moves_cancelled_total", "Scheduled moves the ring no longer called for when their time came."),
 		broadcasts:         f.counterVec("herald_broadcast_frames_total", "Broadcast frames queued for sockets, or dropped for a full queue.", "result"),
 	}
 	f.gaugeFunc("herald_sockets", "Open sockets.", func() float64 { return float64(g.stats().Sockets) })
@@ -51,6 +53,9 @@ func newMetrics(g *Gateway) *metrics {
 	f.counterFunc("herald_liveness_probes_total", "Liveness probes the watcher sent.", func() float64 { return float64(g.watcher.Status().Probes) })
 	f.gaugeFunc("herald_consul_degraded", "1 while Consul is unreachable and the last ring is kept.", func() float64 { return b2f(g.watcher.Status().Degraded) })
 	f.gaugeFunc("herald_nats_connected", "1 while NATS is connected.", func() float64 { return b2f(g.cfg.NATS.IsConnected()) })
+	f.gaugeFunc("herald_moves_pending", "Moves scheduled and not yet sent.", func() float64 { return float64(g.pendingMoves()) })
+	f.gaugeFunc("herald_fenced", "1 while cut off from Consul for longer than the hold period.", func() float64 { return b2f(g.fenced.Load()) })
+	f.gaugeFunc("herald_draining", "1 while draining.", func() float64 { return b2f(g.draining.Load()) })
 	f.gaugeFunc("herald_jetstream_ok", "1 while JetStream answers.", func() float64 { return b2f(g.jsOK.Load()) })
 	return m
 }

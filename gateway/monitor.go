@@ -67,7 +67,9 @@ func (g *Gateway) monitor(ctx context.Context) {
 		if r, _ := g.watcher.Ring(); r != ring {
 			ring = r
 			pass("ring change")
+			g.planMoves("ring change")
 		}
+		g.fence()
 		if now.After(nextPass) {
 			pass("periodic")
 			g.expireWaiters(now)
@@ -104,6 +106,28 @@ func (g *Gateway) checkEpoch(ctx context.Context) {
 		h.closed = true
 		h.mu.Unlock()
 		h.closeAll(wire.CloseServiceRestart, "log recreated")
+	}
+}
+
+// fence closes every socket, paced, once the gateway has been cut off from
+// Consul for longer than the hold period: by then the others have dropped
+// it from their rings and route its users elsewhere. While fenced it
+// accepts no sockets; it unfences when Consul answers again.
+func (g *Gateway) fence() {
+	reg := g.reg.Load()
+	if reg == nil || g.draining.Load() {
+		return
+	}
+	cut := reg.Unreachable() > g.watcher.Hold()
+	if cut == g.fenced.Load() {
+		return
+	}
+	g.fenced.Store(cut)
+	if cut {
+		g.log.Warn("cut off from Consul for longer than the hold period; closing every socket", "unreachable_for", reg.Unreachable().Round(time.Millisecond))
+		g.planMoves("fenced")
+	} else {
+		g.log.Info("Consul reachable again; accepting sockets")
 	}
 }
 

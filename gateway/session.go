@@ -41,13 +41,22 @@ func (s *session) poke() {
 
 // close closes the socket with code, once. It does not block: the closing
 // handshake runs on its own goroutine, and the reader ends when it is done.
-func (s *session) close(code int, reason string) {
+func (s *session) close(code int, reason string) { s.closeWith(nil, code, reason) }
+
+// closeWith sends frame (if any), then closes the socket with code, once.
+// The writer stops at once; the frame waits for a write in flight.
+func (s *session) closeWith(frame []byte, code int, reason string) {
 	s.once.Do(func() {
 		close(s.closed)
 		s.h.g.m.closes.WithLabelValues(codeLabel(code)).Inc()
 		s.h.g.conns.Add(1) // the handler still runs, so the count is not zero
 		go func() {
 			defer s.h.g.conns.Done()
+			if frame != nil {
+				ctx, cancel := context.WithTimeout(context.Background(), s.h.g.cfg.WriteTimeout)
+				s.c.Write(ctx, websocket.MessageText, frame)
+				cancel()
+			}
 			s.c.Close(websocket.StatusCode(code), reason)
 		}()
 	})

@@ -29,6 +29,7 @@ func runDispatcher(ctx context.Context, args []string) error {
 	fs.IntVar(&d.RateBurst, "rate-burst", 0, "burst of the per-key rate limit (default 2000)")
 	fs.IntVar(&d.MaxPayload, "max-payload", 0, "largest notification data in bytes (default 65536)")
 	fs.IntVar(&d.MaxBatch, "max-batch", 0, "notifications per batch request (default 100)")
+	fs.DurationVar(&d.MoveWindow, "move-window", 0, "the gateways' move window: after a ring change, both owners of a moved user are rung for it plus 2s (default 5s)")
 	if err := parse(fs, args); err != nil {
 		return err
 	}

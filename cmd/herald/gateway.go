@@ -35,6 +35,10 @@ func runGateway(ctx context.Context, args []string) error {
 	fs.IntVar(&d.BufferSize, "buffer", 0, "recent frames kept per connected user (default 64)")
 	fs.IntVar(&d.MaxReplays, "max-replays", 0, "concurrent log reads for sockets catching up (default 64)")
 	fs.DurationVar(&d.AntiEntropy, "anti-entropy", 0, "period of the full re-read of connected users' log heads (default 10s)")
+	fs.DurationVar(&d.MoveWindow, "move-window", 0, "moves after a ring change are spread over this window; give dispatchers the same (default 5s)")
+	fs.IntVar(&d.MovesPerSecond, "moves-per-second", 0, "cap on moves per second (default 1000)")
+	fs.DurationVar(&d.DrainConverge, "drain-converge", 0, "on SIGTERM, how long to wait after leaving Consul before moving users (default 2s)")
+	fs.DurationVar(&d.DrainTimeout, "drain-timeout", 0, "on SIGTERM, the longest a drain takes before the gateway exits (default 30s)")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -86,5 +90,23 @@ func runGateway(ctx context.Context, args []string) error {
 		return err
 	}
 	log.Info("gateway starting", "id", d.ID, "listen", ln.Addr().String(), "public_url", d.PublicURL)
-	return g.Run(ctx)
+	// The first signal drains (deregister, move every user, exit); the
+	// second stops at once.
+	runCtx, stop := context.WithCancel(context.Background())
+	defer stop()
+	go func() {
+		select {
+		case <-ctx.Done():
+			log.Info("draining; a second signal stops at once")
+			g.Drain()
+		case <-runCtx.Done():
+			return
+		}
+		select {
+		case <-hardStop:
+			stop()
+		case <-runCtx.Done():
+		}
+	}()
+	return g.Run(runCtx)
 }

@@ -150,6 +150,10 @@ func (w *Watcher) Ring() (*ring.Ring, <-chan struct{}) {
 	return p.ring, p.changed
 }
 
+// Hold is the watcher's hold period: how long a member that stops passing
+// but still answers stays in the ring.
+func (w *Watcher) Hold() time.Duration { return w.cfg.Hold }
+
 // Status returns the watcher's health.
 func (w *Watcher) Status() Status {
 	w.mu.Lock()
