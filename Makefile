@@ -7,7 +7,7 @@ GO             ?= go
 VERSION        ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 
 .DEFAULT_GOAL := help
-.PHONY: help deps build test bench lint tidy run fuzz clean
+.PHONY: help deps build test bench lint tidy run fuzz chaos clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z]+:.*## / {printf "  %-8s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -23,9 +23,10 @@ deps: ## build what the tests need: the Consul agent in bin/consul (from deploy/
 build: ## build bin/herald
 	$(GO) build -ldflags "-X main.version=$(VERSION)" -o $(HERALD) ./cmd/herald
 
-test: deps ## go vet, then every test with the race detector (unit and integration, against real Consul)
+test: deps build ## go vet, every test with the race detector (unit and integration, real Consul and NATS), then a chaos run
 	$(GO) vet ./...
 	$(GO) test -race -count=1 ./...
+	$(HERALD) chaos --start-cluster --duration 60s --users 200 --rate 100 --fault-every 6s --min-ring-changes 2 -v
 
 bench: ## run the benchmarks
 	$(GO) test -run '^$$' -bench . -benchmem ./ring/...
@@ -42,10 +43,11 @@ tidy: ## go mod tidy, failing if it changes go.mod or go.sum
 fuzz: ## fuzz each decoder for a while (FUZZTIME, default 30s)
 	$(GO) test -run '^$$' -fuzz FuzzOwner -fuzztime $(or $(FUZZTIME),30s) ./ring
 
-run: deps build ## start a local Consul dev agent and show the ring (Ctrl-C stops)
-	@echo "Consul dev agent: http://127.0.0.1:8500/ui   (Ctrl-C stops it)"
-	@echo "the ring:         $(HERALD) ring --watch"
-	$(CONSUL) agent -dev -bind 127.0.0.1 -client 127.0.0.1 -log-level warn
+run: deps build ## the whole system locally: Consul, NATS, 3 gateways, 2 dispatchers (Ctrl-C stops)
+	$(HERALD) dev
+
+chaos: build ## a chaos run against the running `make run` cluster (CHAOS_ARGS to change it)
+	$(HERALD) chaos --control 127.0.0.1:8079 $(CHAOS_ARGS)
 
 clean: ## remove bin/
 	rm -rf bin

@@ -45,7 +45,7 @@ func runListen(ctx context.Context, args []string) error {
 				if e.Status.Connected {
 					fmt.Fprintf(os.Stderr, "connected to %s (%s)\n", e.Status.Gateway, e.Status.URL)
 				} else {
-					fmt.Fprintf(os.Stderr, "disconnected (close %d): reconnecting\n", e.Status.CloseCode)
+					fmt.Fprintf(os.Stderr, "disconnected (close %d, %v): reconnecting in %v\n", e.Status.CloseCode, e.Status.Err, e.Status.Backoff.Round(time.Millisecond))
 				}
 			default:
 				enc.Encode(e.Frame)

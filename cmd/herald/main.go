@@ -27,6 +27,8 @@ type command struct {
 }
 
 var commands = []command{
+	{"chaos", "kill, drain and scale gateways under load; check nothing is lost", runChaos},
+	{"dev", "run the whole system locally: Consul, NATS, 3 gateways, 2 dispatchers", runDev},
 	{"dispatcher", "run a dispatcher: the HTTP API that stores and routes notifications", runDispatcher},
 	{"gateway", "run a gateway: the WebSocket server that delivers users' notifications", runGateway},
 	{"listen", "connect as a user and print what arrives", runListen},

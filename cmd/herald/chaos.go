@@ -1,0 +1,607 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/heraldpush/herald/gateway/client"
+	"github.com/heraldpush/herald/gateway/token"
+	"github.com/heraldpush/herald/gateway/wire"
+)
+
+// herald chaos runs users and a publisher against a cluster while it kills,
+// drains, adds and removes gateways, then checks on the raw frames every
+// device received that every accepted notification arrived exactly once, in
+// order. It exits non-zero on any loss, duplicate, reordering or late
+// message, or if the ring never changed (a run that proved nothing).
+
+type chaosConfig struct {
+	control    string
+	spawn      bool
+	offset     int
+	users      int
+	rate       float64
+	duration   time.Duration
+	faultEvery time.Duration
+	settle     time.Duration
+	faults     []string
+	seed       uint64
+	minChanges int
+	verbose    bool
+}
+
+var allFaults = []string{"kill-quick", "kill-long", "term", "scale-out", "scale-in"}
+
+func runChaos(ctx context.Context, args []string) error {
+	fs := newFlagSet("chaos", "Run users and a publisher against a herald dev cluster while faults hit its gateways; check that nothing is lost, duplicated or reordered.")
+	var c chaosConfig
+	fs.StringVar(&c.control, "control", "127.0.0.1:8079", "the herald dev control endpoint")
+	fs.BoolVar(&c.spawn, "start-cluster", false, "start a herald dev cluster for the run (with --port-offset) and stop it after")
+	fs.IntVar(&c.offset, "port-offset", 10000, "with --start-cluster, the cluster's port offset")
+	fs.IntVar(&c.users, "users", 200, "users, one device each")
+	fs.Float64Var(&c.rate, "rate", 100, "notifications per second")
+	fs.DurationVar(&c.duration, "duration", 60*time.Second, "how long to publish")
+	fs.DurationVar(&c.faultEvery, "fault-every", 6*time.Second, "time between faults")
+	fs.DurationVar(&c.settle, "settle", 15*time.Second, "after publishing stops, how long everything has to arrive")
+	faults := fs.String("faults", strings.Join(allFaults, ","), "faults to mix: "+strings.Join(allFaults, ", "))
+	fs.Uint64Var(&c.seed, "seed", 0, "seed of the fault schedule (0: from the clock)")
+	fs.IntVar(&c.minChanges, "min-ring-changes", 1, "fail if the ring changed fewer times")
+	fs.BoolVar(&c.verbose, "v", false, "log each fault")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	for _, f := range strings.Split(*faults, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			if !slices.Contains(allFaults, f) {
+				return fmt.Errorf("unknown fault %q: want some of %v", f, allFaults)
+			}
+			c.faults = append(c.faults, f)
+		}
+	}
+	if c.seed == 0 {
+		c.seed = uint64(time.Now().UnixNano())
+	}
+	if c.spawn {
+		stop, err := spawnCluster(ctx, &c)
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
+	r, err := newChaosRun(ctx, c)
+	if err != nil {
+		return err
+	}
+	return r.run(ctx)
+}
+
+// spawnCluster starts herald dev for the run, logging to a file.
+func spawnCluster(ctx context.Context, c *chaosConfig) (stop func(), err error) {
+	self, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	dir, err := os.MkdirTemp("", "herald-chaos-")
+	if err != nil {
+		return nil, err
+	}
+	logPath := filepath.Join(dir, "cluster.log")
+	logf, err := os.Create(logPath)
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(self, "dev", "--port-offset", strconv.Itoa(c.offset), "--dir", dir, "--log-level", "warn")
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	c.control = fmt.Sprintf("127.0.0.1:%d", devControl+c.offset)
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	stop = func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-exited:
+		case <-time.After(30 * time.Second):
+			cmd.Process.Kill()
+			<-exited
+		}
+		logf.Close()
+		os.RemoveAll(dir)
+	}
+	fmt.Printf("chaos: started herald dev (port offset %d, log %s)\n", c.offset, logPath)
+	// Up means every child ready: the dev banner names the control endpoint.
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		if b, _ := os.ReadFile(logPath); bytes.Contains(b, []byte("herald dev is up")) {
+			return stop, nil
+		}
+		select {
+		case err := <-exited:
+			b, _ := os.ReadFile(logPath)
+			return nil, fmt.Errorf("herald dev exited (%v):\n%s", err, tail(b, 40))
+		case <-ctx.Done():
+			stop()
+			return nil, ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			b, _ := os.ReadFile(logPath)
+			stop()
+			return nil, fmt.Errorf("herald dev not up within 2 minutes:\n%s", tail(b, 40))
+		}
+	}
+}
+
+func tail(b []byte, lines int) string {
+	ls := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	return strings.Join(ls[max(0, len(ls)-lines):], "\n")
+}
+
+// chaosRun is one run's state.
+type chaosRun struct {
+	cfg   chaosConfig
+	state devState
+	http  *http.Client
+	rng   *rand.Rand
+
+	devices []*chaosDevice
+
+	mu       sync.Mutex // guards accepted and rehomes
+	accepted map[string]map[uint64]string
+	rehomes  []time.Duration
+
+	posted, refused, unknownRetries atomic.Int64
+	ringChanges                     atomic.Int64
+	faultsDone                      []string
+}
+
+type chaosDevice struct {
+	user   string
+	c      *client.Client
+	mu     sync.Mutex
+	frames []wire.ServerFrame
+	lostAt time.Time
+	done   chan error
+}
+
+func newChaosRun(ctx context.Context, cfg chaosConfig) (*chaosRun, error) {
+	r := &chaosRun{cfg: cfg, http: &http.Client{Timeout: 60 * time.Second}, rng: rand.New(rand.NewPCG(cfg.seed, 1)), accepted: map[string]map[uint64]string{}}
+	if err := r.control(ctx, http.MethodGet, "/state", &r.state); err != nil {
+		return nil, fmt.Errorf("reading the cluster's state from %s (is herald dev running?): %w", cfg.control, err)
+	}
+	return r, nil
+}
+
+func (r *chaosRun) control(ctx context.Context, method, path string, out any) error {
+	req, err := http.NewRequestWithContext(ctx, method, "http://"+r.cfg.control+path, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := r.http.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s %s: %s: %s", method, path, resp.Status, strings.TrimSpace(string(b)))
+	}
+	if out != nil {
+		return json.Unmarshal(b, out)
+	}
+	return nil
+}
+
+func (r *chaosRun) run(ctx context.Context) error {
+	start := time.Now()
+	runID := strconv.FormatUint(r.cfg.seed%1_000_000, 36)
+	fmt.Printf("chaos: %d users, %.0f notifications/s for %v, a fault every %v from %v (seed %d)\n",
+		r.cfg.users, r.cfg.rate, r.cfg.duration, r.cfg.faultEvery, r.cfg.faults, r.cfg.seed)
+
+	cctx, stopClients := context.WithCancel(context.Background())
+	defer stopClients()
+	for i := range r.cfg.users {
+		d, err := r.startDevice(cctx, fmt.Sprintf("chaos-%s-%d", runID, i), i)
+		if err != nil {
+			return err
+		}
+		r.devices = append(r.devices, d)
+	}
+	if err := waitUntil(ctx, 60*time.Second, func() bool {
+		for _, d := range r.devices {
+			if d.hellos() == 0 {
+				return false
+			}
+		}
+		return true
+	}); err != nil {
+		return fmt.Errorf("users did not all connect: %w", err)
+	}
+	fmt.Printf("chaos: %d users connected in %v\n", len(r.devices), time.Since(start).Round(time.Millisecond))
+
+	wctx, stopWatch := context.WithCancel(ctx)
+	var bg sync.WaitGroup
+	bg.Go(func() { r.watchRing(wctx) })
+	pctx, stopPublishing := context.WithTimeout(ctx, r.cfg.duration)
+	defer stopPublishing()
+	bg.Go(func() { r.injectFaults(pctx) })
+	r.publish(pctx, runID)
+	published := time.Now()
+	fmt.Printf("chaos: publishing stopped: %d accepted, %d refused; waiting up to %v for delivery\n", r.count(), r.refused.Load(), r.cfg.settle)
+
+	deadline := published.Add(r.cfg.settle)
+	for time.Now().Before(deadline) && !r.allArrived() {
+		time.Sleep(100 * time.Millisecond)
+	}
+	late := !r.allArrived()
+	stopWatch()
+	bg.Wait()
+	stopClients()
+	for _, d := range r.devices {
+		if err := <-d.done; err != nil && !errors.Is(err, context.Canceled) {
+			fmt.Printf("chaos: %s's client: %v\n", d.user, err)
+		}
+	}
+	return r.report(late)
+}
+
+func (r *chaosRun) startDevice(ctx context.Context, user string, i int) (*chaosDevice, error) {
+	d := &chaosDevice{user: user, done: make(chan error, 1)}
+	secret := []byte(r.state.TokenSecret)
+	c, err := client.New(client.Config{
+		Dispatcher:  r.state.Dispatchers[i%len(r.state.Dispatchers)],
+		Token:       func(context.Context) (string, error) { return token.Sign(secret, user, time.Hour) },
+		BackoffBase: 100 * time.Millisecond, BackoffMax: 2 * time.Second,
+		OnFrame: func(_ string, f wire.ServerFrame) {
+			d.mu.Lock()
+			d.frames = append(d.frames, f)
+			d.mu.Unlock()
+		},
+		OnEvent: func(e client.Event) {
+			if e.Kind != client.EventStatus {
+				return
+			}
+			var rehome time.Duration
+			d.mu.Lock()
+			switch {
+			case !e.Status.Connected && d.lostAt.IsZero():
+				d.lostAt = time.Now()
+			case e.Status.Connected && !d.lostAt.IsZero():
+				rehome, d.lostAt = time.Since(d.lostAt), time.Time{}
+			}
+			d.mu.Unlock()
+			if rehome > 0 { // locks are never nested: r.mu is taken alone
+				r.mu.Lock()
+				r.rehomes = append(r.rehomes, rehome)
+				r.mu.Unlock()
+			}
+		},
+	})
+	if err != nil {
+		return nil, err
+	}
+	d.c = c
+	go func() { d.done <- c.Run(ctx) }()
+	return d, nil
+}
+
+func (d *chaosDevice) hellos() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	n := 0
+	for _, f := range d.frames {
+		if f.Type == wire.TypeHello {
+			n++
+		}
+	}
+	return n
+}
+
+func (d *chaosDevice) notifications() []wire.ServerFrame {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var out []wire.ServerFrame
+	for _, f := range d.frames {
+		if f.Type == wire.TypeNotification || f.Type == wire.TypeGap {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+// publish posts at the configured rate until ctx ends. A post whose outcome
+// is unknown is retried with the same id until it is definite.
+func (r *chaosRun) publish(ctx context.Context, runID string) {
+	jobs := make(chan int)
+	var wg sync.WaitGroup
+	for range 64 {
+		wg.Go(func() {
+			for n := range jobs {
+				r.post(n, runID)
+			}
+		})
+	}
+	t := time.NewTicker(time.Duration(float64(time.Second) / r.cfg.rate))
+	defer t.Stop()
+	for n := 0; ; n++ {
+		select {
+		case <-ctx.Done():
+			close(jobs)
+			wg.Wait()
+			return
+		case <-t.C:
+		}
+		select {
+		case jobs <- n:
+		case <-ctx.Done():
+		}
+	}
+}
+
+func (r *chaosRun) post(n int, runID string) {
+	d := r.devices[n%len(r.devices)]
+	id := fmt.Sprintf("c-%s-%d", runID, n)
+	body, _ := json.Marshal(map[string]any{"user": d.user, "id": id, "data": map[string]int{"n": n}})
+	for attempt := 0; attempt < 100; attempt++ {
+		base := r.state.Dispatchers[(n+attempt)%len(r.state.Dispatchers)]
+		req, _ := http.NewRequest(http.MethodPost, base+"/v1/notify", bytes.NewReader(body))
+		req.Header.Set("Authorization", "Bearer "+r.state.APIKey)
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := r.http.Do(req)
+		if err == nil {
+			var res struct {
+				Seq   uint64 `json:"seq"`
+				Error struct {
+					Code string `json:"code"`
+				} `json:"error"`
+			}
+			json.NewDecoder(resp.Body).Decode(&res)
+			resp.Body.Close()
+			switch {
+			case resp.StatusCode == http.StatusAccepted:
+				r.posted.Add(1)
+				r.mu.Lock()
+				if r.accepted[d.user] == nil {
+					r.accepted[d.user] = map[uint64]string{}
+				}
+				r.accepted[d.user][res.Seq] = id
+				r.mu.Unlock()
+				return
+			case res.Error.Code == "unavailable" && attempt == 0:
+				r.refused.Add(1) // certainly not stored; a first refusal is final
+				return
+			}
+		}
+		// Unknown outcome, or the request itself failed: the same id again.
+		r.unknownRetries.Add(1)
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func (r *chaosRun) count() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := 0
+	for _, m := range r.accepted {
+		n += len(m)
+	}
+	return n
+}
+
+func (r *chaosRun) allArrived() bool {
+	for _, d := range r.devices {
+		r.mu.Lock()
+		want := make([]uint64, 0, len(r.accepted[d.user]))
+		for seq := range r.accepted[d.user] {
+			want = append(want, seq)
+		}
+		r.mu.Unlock()
+		got := map[uint64]bool{}
+		for _, f := range d.notifications() {
+			got[f.Seq] = true
+		}
+		for _, seq := range want {
+			if !got[seq] {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// watchRing counts ring changes as a dispatcher sees them.
+func (r *chaosRun) watchRing(ctx context.Context) {
+	last := ""
+	for {
+		var cl struct {
+			Ring string `json:"ring"`
+		}
+		if resp, err := r.http.Get(r.state.Dispatchers[0] + "/v1/cluster"); err == nil {
+			json.NewDecoder(resp.Body).Decode(&cl)
+			resp.Body.Close()
+			if cl.Ring != "" && last != "" && cl.Ring != last {
+				r.ringChanges.Add(1)
+			}
+			if cl.Ring != "" {
+				last = cl.Ring
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+}
+
+// injectFaults runs the fault schedule until ctx ends. Each fault targets a
+// gateway that is running; at least one other gateway stays up.
+func (r *chaosRun) injectFaults(ctx context.Context) {
+	order := slices.Clone(r.cfg.faults)
+	r.rng.Shuffle(len(order), func(i, j int) { order[i], order[j] = order[j], order[i] })
+	base := map[string]bool{}
+	for _, c := range r.state.Children {
+		if c.Kind == "gateway" {
+			base[c.Name] = true
+		}
+	}
+	for i := 0; ; i++ {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(r.cfg.faultEvery):
+		}
+		fault := order[i%len(order)]
+		var st devState
+		if err := r.control(ctx, http.MethodGet, "/state", &st); err != nil {
+			continue
+		}
+		var running, added []string
+		for _, c := range st.Children {
+			if c.Kind == "gateway" && !c.Removed && c.State == "running" {
+				running = append(running, c.Name)
+				if !base[c.Name] {
+					added = append(added, c.Name)
+				}
+			}
+		}
+		if len(running) < 2 && fault != "scale-out" || fault == "scale-in" && len(added) == 0 {
+			fault = "scale-out"
+		}
+		target := ""
+		if len(running) > 0 {
+			target = running[r.rng.IntN(len(running))]
+		}
+		var err error
+		switch fault {
+		case "kill-quick": // back before the TTL: the ring does not change
+			err = r.control(ctx, http.MethodPost, "/children/"+target+"/stop?signal=KILL&restart=1s", nil)
+		case "kill-long": // down past the TTL: the ring changes, twice
+			err = r.control(ctx, http.MethodPost, "/children/"+target+"/stop?signal=KILL&restart=12s", nil)
+		case "term": // drain, then back
+			err = r.control(ctx, http.MethodPost, "/children/"+target+"/stop?signal=TERM&restart=3s", nil)
+		case "scale-out":
+			err = r.control(ctx, http.MethodPost, "/gateways", nil)
+			target = "a new gateway"
+		case "scale-in":
+			if len(added) > 0 {
+				target = added[0]
+			}
+			err = r.control(ctx, http.MethodDelete, "/gateways/"+target+"?signal=TERM", nil)
+		}
+		desc := fmt.Sprintf("%s %s", fault, target)
+		if err != nil {
+			desc += " (failed: " + err.Error() + ")"
+		}
+		r.faultsDone = append(r.faultsDone, desc)
+		if r.cfg.verbose {
+			fmt.Printf("chaos: fault %d: %s\n", i+1, desc)
+		}
+	}
+}
+
+// report checks every device's raw frames and prints the report.
+func (r *chaosRun) report(late bool) error {
+	var lost, dups, disorder, gaps, delivered int
+	var moves uint64
+	for _, d := range r.devices {
+		r.mu.Lock()
+		want := r.accepted[d.user]
+		r.mu.Unlock()
+		seen := map[uint64]int{}
+		var prev uint64
+		for _, f := range d.notifications() {
+			if f.Type == wire.TypeGap {
+				gaps++
+				continue
+			}
+			seen[f.Seq]++
+			if seen[f.Seq] > 1 {
+				dups++
+			}
+			if f.Seq <= prev {
+				disorder++
+			}
+			prev = f.Seq
+			delivered++
+		}
+		for seq := range want {
+			if seen[seq] == 0 {
+				lost++
+			}
+		}
+		moves += d.c.Stats().Moves
+	}
+	r.mu.Lock()
+	rehomes := slices.Clone(r.rehomes)
+	r.mu.Unlock()
+	slices.Sort(rehomes)
+	pct := func(p float64) time.Duration {
+		if len(rehomes) == 0 {
+			return 0
+		}
+		return rehomes[min(len(rehomes)-1, int(float64(len(rehomes))*p))].Round(time.Millisecond)
+	}
+	fmt.Printf(`
+chaos report
+  faults            %d: %s
+  accepted          %d (refused while unavailable: %d; retries of unknown outcomes: %d)
+  delivered frames  %d
+  lost              %d
+  duplicate frames  %d
+  out of order      %d
+  gaps              %d
+  late              %v
+  ring changes      %d
+  moves             %d
+  re-homes          %d: p50 %v, p99 %v, max %v (socket lost → hello)
+`, len(r.faultsDone), strings.Join(r.faultsDone, "; "), r.count(), r.refused.Load(), r.unknownRetries.Load(),
+		delivered, lost, dups, disorder, gaps, late, r.ringChanges.Load(), moves,
+		len(rehomes), pct(.5), pct(.99), pct(1))
+	var problems []string
+	if lost > 0 {
+		problems = append(problems, fmt.Sprintf("%d lost", lost))
+	}
+	if dups > 0 {
+		problems = append(problems, fmt.Sprintf("%d duplicate frames", dups))
+	}
+	if disorder > 0 {
+		problems = append(problems, fmt.Sprintf("%d out of order", disorder))
+	}
+	if gaps > 0 {
+		problems = append(problems, fmt.Sprintf("%d gaps", gaps))
+	}
+	if late {
+		problems = append(problems, fmt.Sprintf("not everything arrived within %v", r.cfg.settle))
+	}
+	if int(r.ringChanges.Load()) < r.cfg.minChanges {
+		problems = append(problems, fmt.Sprintf("the ring changed %d times, want at least %d", r.ringChanges.Load(), r.cfg.minChanges))
+	}
+	if r.count() == 0 {
+		problems = append(problems, "nothing was accepted")
+	}
+	if len(problems) > 0 {
+		fmt.Printf("chaos: FAIL: %s\n", strings.Join(problems, ", "))
+		return errors.New("chaos run failed")
+	}
+	fmt.Println("chaos: PASS")
+	return nil
+}

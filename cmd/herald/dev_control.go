@@ -1,0 +1,144 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"syscall"
+	"time"
+)
+
+// The control endpoint (loopback only):
+//
+//	GET    /state                          the state file's content
+//	POST   /children/{name}/stop           ?signal=KILL|TERM|INT (default TERM) &restart=<duration> (default: stay down)
+//	POST   /children/{name}/start
+//	POST   /children/{name}/restart        ?signal=… &delay=<duration> (default 0)
+//	POST   /gateways                       add a gateway; answers its entry
+//	DELETE /gateways/{name}                ?signal=… (default TERM: drain) and remove it
+//
+// Stops answer once the process has exited.
+func (d *dev) controlRoutes() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /state", func(w http.ResponseWriter, r *http.Request) {
+		d.saveState()
+		d.mu.Lock()
+		st := d.state
+		for _, c := range d.children {
+			st.Children = append(st.Children, c.info)
+		}
+		d.mu.Unlock()
+		writeJSONResponse(w, http.StatusOK, st)
+	})
+	mux.HandleFunc("POST /children/{name}/{action}", func(w http.ResponseWriter, r *http.Request) {
+		c := d.find(r.PathValue("name"))
+		if c == nil {
+			http.Error(w, "no such child", http.StatusNotFound)
+			return
+		}
+		sig, err := parseSignal(r.URL.Query().Get("signal"))
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		switch r.PathValue("action") {
+		case "stop":
+			restart, err := parseDelay(r.URL.Query().Get("restart"))
+			if err != nil {
+				http.Error(w, err.Error(), http.StatusBadRequest)
+				return
+			}
+			d.stop(c, sig, restart)
+		case "restart":
+			delay, err := parseDelay(r.URL.Query().Get("delay"))
+			if err != nil {
+				http.Error(w, err.Error(), http.StatusBadRequest)
+				return
+			}
+			d.stop(c, sig, max(delay, time.Nanosecond))
+		case "start":
+			if err := d.start(c); err != nil {
+				http.Error(w, err.Error(), http.StatusInternalServerError)
+				return
+			}
+		default:
+			http.Error(w, "unknown action: stop, start or restart", http.StatusNotFound)
+			return
+		}
+		d.mu.Lock()
+		info := c.info
+		d.mu.Unlock()
+		writeJSONResponse(w, http.StatusOK, info)
+	})
+	mux.HandleFunc("POST /gateways", func(w http.ResponseWriter, r *http.Request) {
+		d.mu.Lock()
+		c := d.gatewayChild(logLevelOf(d.children))
+		d.children = append(d.children, c)
+		d.mu.Unlock()
+		if err := d.start(c); err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		writeJSONResponse(w, http.StatusOK, c.info)
+	})
+	mux.HandleFunc("DELETE /gateways/{name}", func(w http.ResponseWriter, r *http.Request) {
+		c := d.find(r.PathValue("name"))
+		if c == nil || c.info.Kind != "gateway" {
+			http.Error(w, "no such gateway", http.StatusNotFound)
+			return
+		}
+		sig, err := parseSignal(r.URL.Query().Get("signal"))
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		d.mu.Lock()
+		c.info.Removed = true
+		d.mu.Unlock()
+		d.stop(c, sig, 0)
+		writeJSONResponse(w, http.StatusOK, c.info)
+	})
+	return mux
+}
+
+func parseSignal(s string) (syscall.Signal, error) {
+	switch s {
+	case "", "TERM":
+		return syscall.SIGTERM, nil
+	case "KILL":
+		return syscall.SIGKILL, nil
+	case "INT":
+		return syscall.SIGINT, nil
+	}
+	return 0, fmt.Errorf("signal %q: want KILL, TERM or INT", s)
+}
+
+// parseDelay reads a duration; "" and "never" are zero.
+func parseDelay(s string) (time.Duration, error) {
+	if s == "" || s == "never" {
+		return 0, nil
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil || d < 0 {
+		return 0, fmt.Errorf("bad duration %q", s)
+	}
+	return d, nil
+}
+
+// logLevelOf reads the children's log level back from a gateway's args.
+func logLevelOf(cs []*child) string {
+	for _, c := range cs {
+		for i, a := range c.info.Args {
+			if a == "--log-level" && i+1 < len(c.info.Args) && c.info.Kind == "gateway" {
+				return c.info.Args[i+1]
+			}
+		}
+	}
+	return "info"
+}
+
+func writeJSONResponse(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(v)
+}
