@@ -12,19 +12,27 @@ VERSION        ?= $(shell git describe --tags --always --dirty 2>/dev/null || ec
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z]+:.*## / {printf "  %-8s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-deps: ## build what the tests need: the Consul agent in bin/consul (from deploy/consul)
+deps: ## build or install what the tests need: the Consul agent in bin/consul (from deploy/consul), Chromium, Node
 	@if $(CONSUL) version 2>/dev/null | grep -q "^Consul $(CONSUL_VERSION)$$"; then \
 		echo "$(CONSUL) is Consul $(CONSUL_VERSION)"; \
 	else \
 		echo "building Consul $(CONSUL_VERSION) from Go modules into $(CONSUL): this takes about 7 minutes the first time"; \
 		mkdir -p bin && cd deploy/consul && $(GO) build -o ../../$(CONSUL) github.com/hashicorp/consul; \
 	fi
+	@if command -v chromium >/dev/null 2>&1; then \
+		echo "Chromium is installed"; \
+	else \
+		echo "installing Chromium for the browser tests (apt-get, about a minute)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	fi
+	@command -v node >/dev/null 2>&1 || { echo "Node.js is needed for the herald.js tests: apt-get install nodejs"; exit 1; }
 
 build: ## build bin/herald
 	$(GO) build -ldflags "-X main.version=$(VERSION)" -o $(HERALD) ./cmd/herald
 
-test: deps build ## go vet, every test with the race detector (unit and integration, real Consul and NATS), then a chaos run
+test: deps build ## go vet, herald.js tests, every Go test with -race (unit, integration, browser), then a chaos run
 	$(GO) vet ./...
+	node --test web/
 	$(GO) test -race -count=1 ./...
 	$(HERALD) chaos --start-cluster --duration 60s --users 200 --rate 100 --fault-every 6s --min-ring-changes 2 -v
 

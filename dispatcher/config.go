@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -52,6 +53,11 @@ type Config struct {
 	// user tokens and the first API key to anyone who asks. Never in
 	// production.
 	Dev bool
+	// Page, in dev mode, serves the demo page at PagePaths (for example
+	// "/", "/app.js"). The web package provides both; the dispatcher only
+	// routes to them.
+	Page      http.Handler
+	PagePaths []string
 
 	// RateLimit is each API key's sustained rate of notifications per
 	// second (a batch counts each item). If zero, defaults to 1000.

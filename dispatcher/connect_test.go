@@ -97,6 +97,15 @@ func TestCluster(t *testing.T) {
 		Ring     string   `json:"ring"`
 		Degraded bool     `json:"degraded"`
 		Members  []member `json:"members"`
+		Arcs     []struct {
+			Start, End float64
+			Gateway    string
+		} `json:"arcs"`
+		User *struct {
+			ID       string  `json:"id"`
+			Position float64 `json:"position"`
+			Owner    string  `json:"owner"`
+		} `json:"user"`
 	}
 	get := func() view {
 		r := td.do("GET", "/v1/cluster", "")
@@ -125,6 +134,29 @@ func TestCluster(t *testing.T) {
 			t.Errorf("member %d: %+v (sockets %v, users %v), want %s passing with %v sockets, %v users",
 				i, m, n(m.Sockets), n(m.Users), want.id, want.sockets, want.users)
 		}
+	}
+
+	// The arcs cover the circle, and the user's arc names its owner.
+	if len(v.Arcs) < 3 || v.Arcs[0].Start != 0 || v.Arcs[len(v.Arcs)-1].End != 1 || v.User != nil {
+		t.Fatalf("arcs %d from %v to %v, user %v", len(v.Arcs), v.Arcs[0].Start, v.Arcs[len(v.Arcs)-1].End, v.User)
+	}
+	r := td.do("GET", "/v1/cluster?user=alice", "")
+	withUser := decodeAs[view](t, r)
+	owner, _ := td.Ring().Owner("alice")
+	if withUser.User == nil || withUser.User.ID != "alice" || withUser.User.Owner != owner.ID {
+		t.Fatalf("user = %+v, want alice owned by %s", withUser.User, owner.ID)
+	}
+	arc := slices.IndexFunc(withUser.Arcs, func(a struct {
+		Start, End float64
+		Gateway    string
+	}) bool {
+		return withUser.User.Position > a.Start && withUser.User.Position <= a.End
+	})
+	if arc < 0 || withUser.Arcs[arc].Gateway != owner.ID {
+		t.Fatalf("alice at %v lies in arc %d, not %s's", withUser.User.Position, arc, owner.ID)
+	}
+	if r := td.do("GET", "/v1/cluster?user=a%00b", ""); r.status != http.StatusBadRequest {
+		t.Fatalf("a control character in ?user=: status %d", r.status)
 	}
 
 	// gw-b's check fails while it still answers its liveness probe: it is

@@ -41,6 +41,24 @@ type clusterView struct {
 	Ring     string          `json:"ring"`
 	Degraded bool            `json:"degraded"`
 	Members  []clusterMember `json:"members"`
+	// Arcs divide the circle among the members, for drawing it.
+	Arcs []clusterArc `json:"arcs"`
+	// User is where ?user= sits on the circle and who owns it.
+	User *clusterUser `json:"user,omitempty"`
+}
+
+// clusterArc is a ring.Arc: keys at positions in (start, end] belong to
+// gateway.
+type clusterArc struct {
+	Start   float64 `json:"start"`
+	End     float64 `json:"end"`
+	Gateway string  `json:"gateway"`
+}
+
+type clusterUser struct {
+	ID       string  `json:"id"`
+	Position float64 `json:"position"` // fraction of the circle, [0, 1)
+	Owner    string  `json:"owner"`    // empty when the ring is empty
 }
 
 // handleCluster serves GET /v1/cluster: the ring as this dispatcher sees
@@ -62,6 +80,20 @@ func (d *Dispatcher) handleCluster(w http.ResponseWriter, r *http.Request) {
 			cm.Sockets, cm.Users = &s.Sockets, &s.Users
 		}
 		view.Members = append(view.Members, cm)
+	}
+	view.Arcs = []clusterArc{}
+	for _, a := range rg.Arcs() {
+		view.Arcs = append(view.Arcs, clusterArc{Start: a.Start, End: a.End, Gateway: a.ID})
+	}
+	if u := r.URL.Query().Get("user"); u != "" {
+		if err := wire.ValidateUser(u); err != nil {
+			d.writeError(w, r, errorf(CodeInvalidUser, "%v", err))
+			return
+		}
+		view.User = &clusterUser{ID: u, Position: ring.Position(u)}
+		if owner, ok := rg.Owner(u); ok {
+			view.User.Owner = owner.ID
+		}
 	}
 	writeJSON(w, http.StatusOK, view)
 }

@@ -42,6 +42,11 @@ func (d *Dispatcher) routes() http.Handler {
 	if d.cfg.Dev {
 		rt.handle("POST", "/v1/dev/token", http.HandlerFunc(d.handleDevToken))
 		rt.handle("GET", "/v1/dev/config", http.HandlerFunc(d.handleDevConfig))
+		if d.cfg.Page != nil {
+			for _, path := range d.cfg.PagePaths {
+				rt.handle("GET", path, d.cfg.Page)
+			}
+		}
 	}
 	for _, r := range rt.routes {
 		var ms []string

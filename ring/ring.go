@@ -274,3 +274,45 @@ func (r *Ring) VNodes() int {
 	}
 	return r.vnodes
 }
+
+// Arc is a stretch of the circle owned by one member, for drawing the ring:
+// the keys whose position (see Position) lies in (Start, End] belong to ID.
+// Start and End are fractions of the circle, 0 ≤ Start < End ≤ 1.
+type Arc struct {
+	Start, End float64
+	ID         string
+}
+
+// Position is where key sits on the circle, as a fraction in [0, 1).
+func Position(key string) float64 { return fraction(xxhash.Sum64String(key)) }
+
+func fraction(h uint64) float64 { return float64(h>>11) / (1 << 53) }
+
+// Arcs returns the circle divided among the members, in order from 0 to 1,
+// adjacent arcs of one member merged. The first arc starts at 0 and the last
+// ends at 1; both belong to the owner of the first point, as a key past the
+// last point wraps around to it. An empty ring has no arcs.
+func (r *Ring) Arcs() []Arc {
+	if r == nil || len(r.points) == 0 {
+		return nil
+	}
+	var arcs []Arc
+	add := func(start, end float64, owner uint32) {
+		id := r.members[owner].ID
+		if n := len(arcs); n > 0 && arcs[n-1].ID == id {
+			arcs[n-1].End = end
+			return
+		}
+		arcs = append(arcs, Arc{Start: start, End: end, ID: id})
+	}
+	start := 0.0
+	for i, p := range r.points {
+		end := fraction(p)
+		if end > start || i == 0 {
+			add(start, end, r.owners[i])
+		}
+		start = end
+	}
+	add(start, 1, r.owners[0])
+	return arcs
+}

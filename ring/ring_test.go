@@ -497,3 +497,30 @@ func ExampleRing_Owner() {
 	fmt.Println(m.ID == "gw-1" || m.ID == "gw-2")
 	// Output: true
 }
+
+// TestArcsAgreeWithOwner: the drawing says the same as the lookup.
+func TestArcsAgreeWithOwner(t *testing.T) {
+	r := mustNew(t, 16, randomMembers(rand.New(rand.NewPCG(10, 10)), 5))
+	arcs := r.Arcs()
+	if arcs[0].Start != 0 || arcs[len(arcs)-1].End != 1 {
+		t.Fatalf("arcs do not cover the circle: first %+v, last %+v", arcs[0], arcs[len(arcs)-1])
+	}
+	for i := 1; i < len(arcs); i++ {
+		if arcs[i].Start != arcs[i-1].End || arcs[i].ID == arcs[i-1].ID {
+			t.Fatalf("arcs %d and %d: %+v %+v (not contiguous, or not merged)", i-1, i, arcs[i-1], arcs[i])
+		}
+	}
+	for _, k := range keys(5000) {
+		p := Position(k)
+		i := slices.IndexFunc(arcs, func(a Arc) bool { return p > a.Start && p <= a.End || p == 0 && a.Start == 0 })
+		if i < 0 {
+			t.Fatalf("%s at %v is in no arc", k, p)
+		}
+		if got, want := arcs[i].ID, owner(t, r, k); got != want {
+			t.Fatalf("%s at %v: the arc says %s, Owner says %s", k, p, got, want)
+		}
+	}
+	if (*Ring)(nil).Arcs() != nil || mustNew(t, 0, nil).Arcs() != nil {
+		t.Fatal("an empty ring has arcs")
+	}
+}

@@ -245,7 +245,8 @@ func (r *chaosRun) run(ctx context.Context) error {
 	bg.Go(func() { r.injectFaults(pctx) })
 	r.publish(pctx, runID)
 	published := time.Now()
-	fmt.Printf("chaos: publishing stopped: %d accepted, %d refused; waiting up to %v for delivery\n", r.count(), r.refused.Load(), r.cfg.settle)
+	fmt.Printf("chaos: publishing stopped: %d accepted (%.0f/s), %d refused; waiting up to %v for delivery\n",
+		r.count(), float64(r.count())/r.cfg.duration.Seconds(), r.refused.Load(), r.cfg.settle)
 
 	deadline := published.Add(r.cfg.settle)
 	for time.Now().Before(deadline) && !r.allArrived() {
@@ -327,27 +328,29 @@ func (d *chaosDevice) notifications() []wire.ServerFrame {
 	return out
 }
 
-// publish posts at the configured rate until ctx ends. A post whose outcome
-// is unknown is retried with the same id until it is definite.
+// publish posts at the configured rate until ctx ends, on an absolute
+// schedule (the n-th post is due at start + n/rate), so slow answers during
+// faults delay posts but do not lower the rate. A post whose outcome is
+// unknown is retried with the same id until it is definite.
 func (r *chaosRun) publish(ctx context.Context, runID string) {
-	jobs := make(chan int)
+	jobs := make(chan int, 1024)
 	var wg sync.WaitGroup
-	for range 64 {
+	for range 256 {
 		wg.Go(func() {
 			for n := range jobs {
 				r.post(n, runID)
 			}
 		})
 	}
-	t := time.NewTicker(time.Duration(float64(time.Second) / r.cfg.rate))
-	defer t.Stop()
+	start := time.Now()
 	for n := 0; ; n++ {
+		due := start.Add(time.Duration(float64(n) / r.cfg.rate * float64(time.Second)))
 		select {
 		case <-ctx.Done():
 			close(jobs)
 			wg.Wait()
 			return
-		case <-t.C:
+		case <-time.After(time.Until(due)):
 		}
 		select {
 		case jobs <- n:
@@ -563,7 +566,7 @@ func (r *chaosRun) report(late bool) error {
 	fmt.Printf(`
 chaos report
   faults            %d: %s
-  accepted          %d (refused while unavailable: %d; retries of unknown outcomes: %d)
+  accepted          %d, %.0f/s (refused while unavailable: %d; retries of unknown outcomes: %d)
   delivered frames  %d
   lost              %d
   duplicate frames  %d
@@ -573,7 +576,7 @@ chaos report
   ring changes      %d
   moves             %d
   re-homes          %d: p50 %v, p99 %v, max %v (socket lost → hello)
-`, len(r.faultsDone), strings.Join(r.faultsDone, "; "), r.count(), r.refused.Load(), r.unknownRetries.Load(),
+`, len(r.faultsDone), strings.Join(r.faultsDone, "; "), r.count(), float64(r.count())/r.cfg.duration.Seconds(), r.refused.Load(), r.unknownRetries.Load(),
 		delivered, lost, dups, disorder, gaps, late, r.ringChanges.Load(), moves,
 		len(rehomes), pct(.5), pct(.99), pct(1))
 	var problems []string

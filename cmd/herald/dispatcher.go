@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"github.com/heraldpush/herald/dispatcher"
+	"github.com/heraldpush/herald/web"
 	"github.com/nats-io/nats.go"
 	"golang.org/x/time/rate"
 )
@@ -46,6 +47,9 @@ func runDispatcher(ctx context.Context, args []string) error {
 		}
 	}
 	d.Dev, d.RateLimit, d.Logger = c.dev, rate.Limit(*rateLimit), log
+	if d.Dev {
+		d.Page, d.PagePaths = web.Handler(), web.Paths
+	}
 	if d.Listener, err = net.Listen("tcp", *listen); err != nil {
 		return err
 	}

@@ -25,7 +25,7 @@ func runGateway(ctx context.Context, args []string) error {
 	fs.StringVar(&d.Log.Stream, "stream", "HERALD_INBOX", "JetStream stream of the users' logs")
 	fs.DurationVar(&d.TTL, "ttl", 0, "Consul check TTL (default 6s)")
 	fs.DurationVar(&d.Watch.Hold, "hold", 0, "how long a member that stops passing but still answers stays in the ring (default 30s)")
-	origins := fs.String("origins", "", "comma-separated browser origin patterns allowed to connect (e.g. app.example.com, *.example.com)")
+	origins := fs.String("origins", "", "comma-separated browser origin patterns allowed to connect (e.g. app.example.com, *.example.com); with --dev and none given, 127.0.0.1:* and localhost:*")
 	fs.DurationVar(&d.AuthTimeout, "auth-timeout", 0, "time a socket has to send its auth frame (default 5s)")
 	fs.DurationVar(&d.WriteTimeout, "write-timeout", 0, "a write taking longer closes the socket with 4008 (default 10s)")
 	fs.DurationVar(&d.PingInterval, "ping-interval", 0, "interval of WebSocket pings (default 30s)")
@@ -70,6 +70,10 @@ func runGateway(ctx context.Context, args []string) error {
 		if o = strings.TrimSpace(o); o != "" {
 			d.OriginPatterns = append(d.OriginPatterns, o)
 		}
+	}
+	if len(d.OriginPatterns) == 0 && c.dev {
+		// The demo page is served by a dispatcher on another port.
+		d.OriginPatterns = []string{"127.0.0.1:*", "localhost:*"}
 	}
 	ln, err := net.Listen("tcp", *listen)
 	if err != nil {
