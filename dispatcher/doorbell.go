@@ -26,15 +26,16 @@ func (d *Dispatcher) ringOwner(ctx context.Context, db wire.Doorbell, wait time.
 	if rs == nil {
 		rs = &rings{cur: d.Ring()}
 	}
-	owner, previous, ok, both := rs.owners(db.User, time.Now())
-	targets := []string{owner.ID}
-	switch {
-	case both && ok:
+	owner, ok, previous := rs.owners(db.User, time.Now())
+	var targets []string
+	if ok {
+		targets = append(targets, owner.ID)
+	}
+	if len(previous) > 0 {
 		d.metrics.graceDoorbells.Inc()
-		targets = append(targets, previous.ID)
-	case both:
-		targets = []string{previous.ID}
-	case !ok:
+		targets = append(targets, previous...)
+	}
+	if len(targets) == 0 {
 		if wait > 0 {
 			// Nobody could deliver it: the same answer as a gateway
 			// without a socket for the user.

@@ -2,6 +2,7 @@ package dispatcher
 
 import (
 	"context"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -20,33 +21,49 @@ import (
 // and watchers a little behind.
 const graceSlack = 2 * time.Second
 
-// rings is the current ring and, within the grace window, the one before.
+// rings is the current ring and the previous ones still within their
+// grace windows: a user may sit on the owner of any of them while moves are
+// under way, even across two quick changes.
 type rings struct {
-	cur, prev *ring.Ring
-	until     time.Time // end of the grace window
+	cur  *ring.Ring
+	prev []graceRing // newest first
 }
 
-// owners returns the user's owner and, within the grace window, its
-// previous owner if that differs.
-func (r *rings) owners(user string, now time.Time) (owner, previous ring.Member, ok, both bool) {
+type graceRing struct {
+	ring  *ring.Ring
+	until time.Time // end of its grace window
+}
+
+// owners returns the user's owner in the current ring (ok false if it is
+// empty) and the distinct other owners of the rings still in grace.
+func (r *rings) owners(user string, now time.Time) (owner ring.Member, ok bool, others []string) {
 	owner, ok = r.cur.Owner(user)
-	if r.prev == nil || now.After(r.until) {
-		return owner, ring.Member{}, ok, false
+	for _, p := range r.prev {
+		if now.After(p.until) {
+			continue
+		}
+		if m, had := p.ring.Owner(user); had && (!ok || m.ID != owner.ID) && !slices.Contains(others, m.ID) {
+			others = append(others, m.ID)
+		}
 	}
-	previous, had := r.prev.Owner(user)
-	return owner, previous, ok, had && (!ok || previous.ID != owner.ID)
+	return owner, ok, others
 }
 
-// followRings keeps d.rings up to date with the watcher until ctx ends.
+// followRings keeps dst up to date with the watcher until ctx ends.
 func (d *Dispatcher) followRings(ctx context.Context, dst *atomic.Pointer[rings]) {
 	for {
 		r, changed := d.watcher.Ring()
-		old := dst.Load()
+		now := time.Now()
 		next := &rings{cur: r}
-		if old != nil && old.cur != nil && r != old.cur {
-			next.prev, next.until = old.cur, time.Now().Add(d.cfg.MoveWindow+graceSlack)
-		} else if old != nil {
-			next.prev, next.until = old.prev, old.until
+		if old := dst.Load(); old != nil {
+			if old.cur != nil && r != old.cur {
+				next.prev = append(next.prev, graceRing{ring: old.cur, until: now.Add(d.cfg.MoveWindow + graceSlack)})
+			}
+			for _, p := range old.prev {
+				if now.Before(p.until) {
+					next.prev = append(next.prev, p)
+				}
+			}
 		}
 		dst.Store(next)
 		select {

@@ -127,6 +127,17 @@ func (c *Config) fill() error {
 	if c.Weight == 0 {
 		c.Weight = 1
 	}
+	for name, v := range map[string]int64{
+		"TTL": int64(c.TTL), "AuthTimeout": int64(c.AuthTimeout), "WriteTimeout": int64(c.WriteTimeout),
+		"PingInterval": int64(c.PingInterval), "AntiEntropy": int64(c.AntiEntropy), "MoveWindow": int64(c.MoveWindow),
+		"DrainConverge": int64(c.DrainConverge), "DrainTimeout": int64(c.DrainTimeout), "MaxSocketsPerUser": int64(c.MaxSocketsPerUser),
+		"MaxSockets": int64(c.MaxSockets), "BufferSize": int64(c.BufferSize), "ReadBatch": int64(c.ReadBatch),
+		"MaxReplays": int64(c.MaxReplays), "MovesPerSecond": int64(c.MovesPerSecond), "MaxFrameBytes": c.MaxFrameBytes,
+	} {
+		if v < 0 {
+			return fmt.Errorf("gateway: %s is negative", name)
+		}
+	}
 	def := func(d *time.Duration, v time.Duration) {
 		if *d == 0 {
 			*d = v

@@ -399,3 +399,85 @@ func metric(t *testing.T, wsURL, name string) float64 {
 	v, _ := scrape(wsURL, name)
 	return v
 }
+
+// TestExpiredTailGivesGap: a device offline while retention (MaxAge) drops
+// every message of its user, including one it never saw, gets a gap before
+// the next message, whose predecessor is then unknown (prev 0).
+func TestExpiredTailGivesGap(t *testing.T) {
+	c := newCluster(t, inbox.Config{MaxAge: 1500 * time.Millisecond, Duplicates: time.Second})
+	c.startGateway("gw-1")
+	url := c.gws["gw-1"].url
+	s := dial(t, url, auth(t, "alice"))
+	s.hello()
+	m1 := c.publish("alice", "m1", `1`)
+	waitFor(t, 5*time.Second, "m1", func() bool { return len(s.notifications()) == 1 })
+	s.c.Close(websocket.StatusNormalClosure, "")
+	s.waitClosed(5 * time.Second)
+
+	c.publish("alice", "m2", `2`) // never seen by the device
+	waitFor(t, 10*time.Second, "alice's whole log to expire", func() bool {
+		_, found, err := c.log.Last(context.Background(), "alice", true)
+		return err == nil && !found
+	})
+	m3 := c.publish("alice", "m3", `3`)
+	if m3.Prev != 0 {
+		t.Fatalf("m3's prev is %d; the test needs the log empty when it was appended", m3.Prev)
+	}
+	a := auth(t, "alice")
+	a.Since, a.Epoch = m1.Seq, c.log.Epoch()
+	back := dial(t, url, a)
+	back.hello()
+	waitFor(t, 5*time.Second, "m3", func() bool { return len(back.notifications()) == 1 })
+	frames := back.got()
+	if len(frames) != 3 || frames[1].Type != wire.TypeGap || frames[1].After != m1.Seq || frames[1].Next != m3.Seq {
+		t.Fatalf("frames %+v: want hello, gap after %d before %d, then m3", frames, m1.Seq, m3.Seq)
+	}
+	// A device that stayed connected saw everything: no gap for it.
+	live := dial(t, url, auth(t, "bob"))
+	live.hello()
+	b1 := c.publish("bob", "b1", `1`)
+	waitFor(t, 5*time.Second, "b1", func() bool { return len(live.notifications()) == 1 })
+	waitFor(t, 10*time.Second, "bob's log to expire", func() bool {
+		_, found, err := c.log.Last(context.Background(), "bob", true)
+		return err == nil && !found
+	})
+	b2 := c.publish("bob", "b2", `2`)
+	waitFor(t, 5*time.Second, "b2", func() bool { return len(live.notifications()) == 2 })
+	for _, f := range live.got() {
+		if f.Type == wire.TypeGap {
+			t.Fatalf("a connected device got %+v between %d and %d", f, b1.Seq, b2.Seq)
+		}
+	}
+}
+
+// TestUnansweredPingClosesTheSocket: a peer that stops reading (a suspended
+// phone) does not answer pings; its socket must be closed, not left open
+// with no writer.
+func TestUnansweredPingClosesTheSocket(t *testing.T) {
+	c := newCluster(t, inbox.Config{})
+	c.startGateway("gw-1", func(cfg *gateway.Config) {
+		cfg.PingInterval = 200 * time.Millisecond
+		cfg.WriteTimeout = 400 * time.Millisecond
+	})
+	url := c.gws["gw-1"].url
+	ctx := context.Background()
+	conn, _, err := websocket.Dial(ctx, url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.CloseNow()
+	b, _ := json.Marshal(auth(t, "alice"))
+	conn.Write(ctx, websocket.MessageText, b)
+	if _, _, err := conn.Read(ctx); err != nil { // hello
+		t.Fatal(err)
+	}
+	// The client reads nothing more, so it answers no ping.
+	waitFor(t, 10*time.Second, "the gateway to drop the silent socket", func() bool {
+		return metric(t, url, "herald_sockets") == 0
+	})
+	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if _, _, err := conn.Read(rctx); err == nil || rctx.Err() != nil {
+		t.Fatalf("after the gateway dropped it the socket still reads: %v", err)
+	}
+}

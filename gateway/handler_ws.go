@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"context"
+	"errors"
 	"net/http"
 	"strconv"
 	"time"
@@ -88,23 +89,46 @@ func (g *Gateway) handleWS(w http.ResponseWriter, r *http.Request) {
 		reject(wire.CloseTryAgainLater, "log unavailable")
 		return
 	}
-	s := &session{h: h, c: c, wake: make(chan struct{}, 1), ctrl: make(chan []byte, 16), closed: make(chan struct{})}
-	if !h.attach(s) {
-		g.leave(h, nil)
-		reject(wire.CloseTooManySockets, "too many sockets for this user")
-		return
-	}
-	defer g.leave(h, s)
-
+	// Where the socket resumes is decided before it joins the hub's
+	// sessions, so a refusal can still close it cleanly.
 	cursor, gap, err := h.startCursor(ctx, f.Since, f.Epoch)
 	if err != nil {
-		s.close(wire.CloseTryAgainLater, "log unavailable")
+		g.leave(h, nil)
+		if errors.Is(err, errStaleEpoch) {
+			reject(wire.CloseServiceRestart, "log recreated")
+		} else {
+			reject(wire.CloseTryAgainLater, "log unavailable")
+		}
 		return
 	}
+	s := &session{h: h, c: c, wake: make(chan struct{}, 1), ctrl: make(chan []byte, 16), closed: make(chan struct{})}
 	h.mu.Lock()
 	s.cursor, s.fresh = cursor, cursor == 0
 	epoch := h.epoch
 	h.mu.Unlock()
+	if code := h.attach(s); code != 0 {
+		g.leave(h, nil)
+		reason := "too many sockets for this user"
+		if code == wire.CloseServiceRestart {
+			reason = "log recreated"
+		}
+		reject(code, reason)
+		return
+	}
+	defer g.leave(h, s)
+	// A move or fence planned while this socket was joining did not see
+	// it: judge it now that it is attached, and every later plan will.
+	if owner, ok := g.placement().Owner(user); g.fenced.Load() || !ok || owner.ID != g.cfg.ID {
+		if g.fenced.Load() || !ok {
+			s.close(wire.CloseTryAgainLater, "try again later")
+		} else {
+			g.m.moves.WithLabelValues("connect").Inc()
+			s.closeWith(wire.Encode(wire.Moved{Type: wire.TypeMoved, URL: owner.URL}), wire.CloseMoved, "moved")
+		}
+		s.read() // until the closing handshake ends
+		return
+	}
+
 	hello := wire.Encode(wire.Hello{Type: wire.TypeHello, Gateway: g.cfg.ID, User: user, Epoch: epoch, Cursor: cursor})
 	if c.Write(ctx, websocket.MessageText, hello) != nil {
 		return

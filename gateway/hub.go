@@ -15,7 +15,8 @@ import (
 // entry is one message of the user's chain, encoded once as a frame that
 // every session writes.
 type entry struct {
-	seq, prev uint64
+	seq, prev uint64 // prev: the message's Herald-Prev
+	hubPrev   uint64 // the hub's head before it took the message
 	ts        time.Time
 	frame     []byte
 }
@@ -120,6 +121,7 @@ func (h *hub) init(ctx context.Context) {
 	for _, d := range pending {
 		h.doorbellLocked(d)
 	}
+	h.startRepair() // for a want raised while pending was full
 }
 
 // leave detaches s (nil when a join failed) and removes the hub from the
@@ -131,6 +133,7 @@ func (g *Gateway) leave(h *hub, s *session) {
 	defer h.mu.Unlock()
 	if s != nil {
 		delete(h.sessions, s)
+		s.ended = true
 		g.sockets--
 	} else {
 		h.joining--
@@ -143,20 +146,24 @@ func (g *Gateway) leave(h *hub, s *session) {
 	}
 }
 
-// attach adds s to the hub unless the user has too many sockets already.
-func (h *hub) attach(s *session) bool {
+// attach adds s to the hub. It refuses with the close code to use when the
+// hub was closed meanwhile (its epoch ended: 1012) or the user has too many
+// sockets (4009); the caller then leaves.
+func (h *hub) attach(s *session) (refuse int) {
 	h.g.mu.Lock()
 	defer h.g.mu.Unlock()
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	h.joining--
-	if len(h.sessions) >= h.g.cfg.MaxSocketsPerUser {
-		h.joining++ // the caller leaves, which undoes this
-		return false
+	switch {
+	case h.closed:
+		return wire.CloseServiceRestart
+	case len(h.sessions) >= h.g.cfg.MaxSocketsPerUser:
+		return wire.CloseTooManySockets
 	}
+	h.joining--
 	h.sessions[s] = struct{}{}
 	h.g.sockets++
-	return true
+	return 0
 }
 
 // doorbell handles a doorbell for the user; reply, if set, waits for an ack.
@@ -165,7 +172,7 @@ func (h *hub) doorbell(d wire.Doorbell, reply string) {
 	var answer string
 	switch {
 	case reply == "":
-	case h.closed || len(h.sessions) == 0:
+	case h.closed || len(h.sessions) == 0 && h.joining == 0:
 		answer = wire.Offline
 	case h.acked >= d.Seq:
 		answer = wire.Delivered
@@ -214,10 +221,14 @@ func (h *hub) doorbellLocked(d wire.Doorbell) {
 	}
 }
 
-// push appends the next entry of the chain and wakes the sessions.
+// push appends the next entry of the chain and wakes the sessions. The
+// buffer grows to twice BufferSize before it is cut back to BufferSize, so
+// trimming costs one copy per BufferSize messages, not one per message.
 func (h *hub) push(e entry) {
+	e.hubPrev = h.head
 	h.buf = append(h.buf, e)
-	if over := len(h.buf) - h.g.cfg.BufferSize; over > 0 {
+	if n := h.g.cfg.BufferSize; len(h.buf) > 2*n {
+		over := len(h.buf) - n
 		h.base = h.buf[over-1].seq
 		h.buf = append(h.buf[:0:0], h.buf[over:]...)
 	}

@@ -28,9 +28,14 @@ func (g *Gateway) monitor(ctx context.Context) {
 		nextPass    = time.Now().Add(g.cfg.AntiEntropy)
 		passDone    = make(chan struct{}, 1)
 		passRunning bool
+		passAgain   string // a trigger that came during a pass: run another after it
 	)
 	pass := func(why string) {
-		if passRunning || g.inbox.Load() == nil {
+		if passRunning {
+			passAgain = why
+			return
+		}
+		if g.inbox.Load() == nil {
 			return
 		}
 		passRunning = true
@@ -51,6 +56,11 @@ func (g *Gateway) monitor(ctx context.Context) {
 			return
 		case <-passDone:
 			passRunning = false
+			if passAgain != "" {
+				why := passAgain
+				passAgain = ""
+				pass(why)
+			}
 			continue
 		case <-g.wake:
 			g.checkEpoch(ctx)

@@ -22,9 +22,13 @@ type session struct {
 	// cursor is the last seq handed to the writer; fresh is true until the
 	// first notification of a session that started from nothing (since 0,
 	// or a void cursor): eviction before it connected is not its gap.
-	// Both guarded by h.mu.
-	cursor uint64
-	fresh  bool
+	// lostAfter, when not 0, is a cursor the session jumped from because
+	// what lay after it was gone from the log: the next frame is a gap.
+	// ended is set when the handler has left the hub. All guarded by h.mu.
+	cursor    uint64
+	fresh     bool
+	lostAfter uint64
+	ended     bool
 
 	writing atomic.Int64 // unix nanos when the current write began; 0 between writes
 	slow    atomic.Bool  // a write outlived WriteTimeout
@@ -49,7 +53,18 @@ func (s *session) closeWith(frame []byte, code int, reason string) {
 	s.once.Do(func() {
 		close(s.closed)
 		s.h.g.m.closes.WithLabelValues(codeLabel(code)).Inc()
-		s.h.g.conns.Add(1) // the handler still runs, so the count is not zero
+		// The closing handshake gets a goroutine counted in g.conns, which
+		// is only safe while the handler (holding a count) still runs.
+		s.h.mu.Lock()
+		ended := s.ended
+		if !ended {
+			s.h.g.conns.Add(1)
+		}
+		s.h.mu.Unlock()
+		if ended {
+			s.c.CloseNow()
+			return
+		}
 		go func() {
 			defer s.h.g.conns.Done()
 			if frame != nil {
@@ -104,7 +119,11 @@ func (s *session) write(ctx context.Context) {
 			err := s.c.Ping(pctx)
 			cancel()
 			if err != nil {
-				return // the peer is gone; Ping has closed the socket
+				// No pong in time. Ping closes the socket only when the
+				// ping itself could not be written: close it here too, or
+				// a socket whose writer is gone would stay open, silent.
+				s.c.CloseNow()
+				return
 			}
 		}
 	}
@@ -155,7 +174,7 @@ func (s *session) next(ctx context.Context) (frames [][]byte, live []int64, err 
 	entries, reachable := h.after(cursor)
 	if reachable {
 		for _, e := range entries {
-			if gap := s.gapBefore(e.seq, e.prev); gap != nil {
+			if gap := s.gapBefore(e.seq, e.prev, e.hubPrev); gap != nil {
 				frames, live = append(frames, gap), append(live, -1)
 			}
 			frames, live = append(frames, e.frame), append(live, e.ts.UnixNano())
@@ -196,19 +215,25 @@ func (s *session) next(ctx context.Context) (frames [][]byte, live []int64, err 
 		// Nothing between the cursor and the buffer survives (or a replica
 		// lags): continue from the buffer, whose first entry shows the gap.
 		for _, e := range h.buf {
-			if gap := s.gapBefore(e.seq, e.prev); gap != nil {
+			if gap := s.gapBefore(e.seq, e.prev, e.hubPrev); gap != nil {
 				frames, live = append(frames, gap), append(live, -1)
 			}
 			frames, live = append(frames, e.frame), append(live, e.ts.UnixNano())
 			s.cursor = e.seq
 		}
 		if len(frames) == 0 && h.base > s.cursor {
-			s.cursor = h.base // nothing to send up to base: the chain is empty there
+			// The hub took messages up to base that this session never
+			// got, and the log no longer has them: the next frame the
+			// session gets says so.
+			if !s.fresh && s.lostAfter == 0 {
+				s.lostAfter = s.cursor
+			}
+			s.cursor = h.base
 		}
 		return frames, live, nil
 	}
 	for _, m := range msgs {
-		if gap := s.gapBefore(m.Seq, m.Prev); gap != nil {
+		if gap := s.gapBefore(m.Seq, m.Prev, notFromHub); gap != nil {
 			frames, live = append(frames, gap), append(live, -1)
 		}
 		frames, live = append(frames, wire.EncodeNotification(m.Seq, m.ID, m.Data, m.TS)), append(live, 0)
@@ -218,17 +243,34 @@ func (s *session) next(ctx context.Context) (frames [][]byte, live []int64, err 
 	return frames, live, nil
 }
 
-// gapBefore returns a gap frame if the message at seq, whose predecessor
-// was prev, does not follow the session's cursor: retention dropped what lies
-// between. Called with h.mu held.
-func (s *session) gapBefore(seq, prev uint64) []byte {
-	fresh := s.fresh
-	s.fresh = false
-	if fresh || prev <= s.cursor {
+// notFromHub is the hubPrev of a message read from the log for one session:
+// no hub vouches for what came before it.
+const notFromHub = ^uint64(0)
+
+// gapBefore returns a gap frame if the message at seq, whose predecessor in
+// the log was prev, does not follow the session's cursor; hubPrev is the
+// hub's head before it took the message (notFromHub for a session's own log
+// read). Called with h.mu held.
+//
+// prev > cursor: retention dropped messages between them. prev < cursor:
+// when the message was appended the user's log was empty (retention drops
+// the oldest first), so messages after the cursor may have come and gone
+// unseen — unless the hub took this message right after the cursor
+// (hubPrev == cursor), having seen everything in between itself.
+func (s *session) gapBefore(seq, prev, hubPrev uint64) []byte {
+	fresh, lost := s.fresh, s.lostAfter
+	s.fresh, s.lostAfter = false, 0
+	after := s.cursor
+	switch {
+	case lost != 0:
+		after = lost
+	case fresh, prev == s.cursor:
+		return nil
+	case prev < s.cursor && hubPrev == s.cursor:
 		return nil
 	}
 	s.h.g.m.gaps.Inc()
-	return wire.Encode(wire.Gap{Type: wire.TypeGap, Epoch: s.h.epoch, After: s.cursor, Next: seq})
+	return wire.Encode(wire.Gap{Type: wire.TypeGap, Epoch: s.h.epoch, After: after, Next: seq})
 }
 
 // startCursor decides where a new session resumes: after since, if since is
@@ -246,6 +288,15 @@ func (h *hub) startCursor(ctx context.Context, since uint64, epoch string) (uint
 	if l == nil {
 		return 0, nil, errNotReady
 	}
+	if !valid {
+		// The client's epoch may be newer than this gateway's view: then it
+		// is this gateway that must catch up, not the client's cursor that
+		// is void.
+		if e, err := l.Refresh(ctx); err == nil && e == epoch {
+			h.g.checkEpochSoon()
+			return 0, nil, errStaleEpoch
+		}
+	}
 	if valid && since > head {
 		// Beyond what this hub has seen: ask the leader, which never lags.
 		h.g.m.logReads.WithLabelValues("leader").Inc()
@@ -254,6 +305,9 @@ func (h *hub) startCursor(ctx context.Context, since uint64, epoch string) (uint
 			return 0, nil, err
 		}
 		valid = found && since <= last.Seq
+		if found {
+			h.sync(last.Seq) // the hub is behind the leader: catch up now
+		}
 	}
 	if valid {
 		return since, nil, nil
@@ -271,7 +325,10 @@ func (h *hub) startCursor(ctx context.Context, since uint64, epoch string) (uint
 	return 0, wire.Encode(wire.Gap{Type: wire.TypeGap, Epoch: cur, After: since, Next: next}), nil
 }
 
-var errNotReady = errors.New("gateway not ready")
+var (
+	errNotReady   = errors.New("gateway not ready")
+	errStaleEpoch = errors.New("the client knows a newer epoch of the log than this gateway")
+)
 
 // leaderBatch bounds reads through the stream leader, which fetch one
 // message per round trip.

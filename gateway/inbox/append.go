@@ -102,8 +102,10 @@ func (l *Log) Append(ctx context.Context, user, id string, data []byte) (Appende
 			l.conflicts.Add(1)
 			l.heads.forget(user)
 			// Someone appended first, or an unanswered attempt of ours
-			// did: the last message tells which.
-			last, found, rerr := l.Last(ctx, user, false)
+			// did: the last message tells which. Read it through the
+			// leader, which decided the conflict: a lagging replica would
+			// only make it happen again.
+			last, found, rerr := l.Last(ctx, user, true)
 			if rerr != nil {
 				lastErr = rerr
 				break
@@ -188,7 +190,9 @@ func isStorageFull(e *jetstream.APIError) bool {
 func sentNothing(err error) bool {
 	var apiErr *jetstream.APIError
 	switch {
-	case errors.Is(err, nats.ErrReconnectBufExceeded), errors.Is(err, nats.ErrConnectionClosed),
+	// Not ErrConnectionClosed: nats.go also returns it for a request that
+	// was sent when the connection closed.
+	case errors.Is(err, nats.ErrReconnectBufExceeded),
 		errors.Is(err, nats.ErrConnectionDraining), errors.Is(err, nats.ErrNoResponders),
 		errors.Is(err, jetstream.ErrNoStreamResponse), errors.Is(err, nats.ErrInvalidConnection),
 		errors.Is(err, nats.ErrConnectionReconnecting):
