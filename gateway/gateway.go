@@ -80,6 +80,10 @@ type Config struct {
 	MaxFrameBytes int64
 	// BufferSize is how many recent frames each hub keeps. If zero, 64.
 	BufferSize int
+	// BufferBytes bounds the bytes of those frames, so large payloads do
+	// not make every connected user expensive; sessions behind the buffer
+	// read the log. If zero, 256 KiB.
+	BufferBytes int
 	// ReadBatch is how many messages one log read fetches. If zero, 100.
 	ReadBatch int
 	// MaxReplays bounds concurrent log reads for sessions catching up. If
@@ -131,7 +135,7 @@ func (c *Config) fill() error {
 		"TTL": int64(c.TTL), "AuthTimeout": int64(c.AuthTimeout), "WriteTimeout": int64(c.WriteTimeout),
 		"PingInterval": int64(c.PingInterval), "AntiEntropy": int64(c.AntiEntropy), "MoveWindow": int64(c.MoveWindow),
 		"DrainConverge": int64(c.DrainConverge), "DrainTimeout": int64(c.DrainTimeout), "MaxSocketsPerUser": int64(c.MaxSocketsPerUser),
-		"MaxSockets": int64(c.MaxSockets), "BufferSize": int64(c.BufferSize), "ReadBatch": int64(c.ReadBatch),
+		"MaxSockets": int64(c.MaxSockets), "BufferSize": int64(c.BufferSize), "BufferBytes": int64(c.BufferBytes), "ReadBatch": int64(c.ReadBatch),
 		"MaxReplays": int64(c.MaxReplays), "MovesPerSecond": int64(c.MovesPerSecond), "MaxFrameBytes": c.MaxFrameBytes,
 	} {
 		if v < 0 {
@@ -159,6 +163,7 @@ func (c *Config) fill() error {
 	defInt(&c.MaxSocketsPerUser, 8)
 	defInt(&c.MaxSockets, 19_000)
 	defInt(&c.BufferSize, 64)
+	defInt(&c.BufferBytes, 256<<10)
 	defInt(&c.ReadBatch, 100)
 	defInt(&c.MaxReplays, 64)
 	defInt(&c.MovesPerSecond, 1000)

@@ -46,7 +46,8 @@ type hub struct {
 	epoch     string
 	head      uint64  // highest seq taken in chain order
 	base      uint64  // head before buf[0]: buf covers the chain after base
-	buf       []entry // the latest messages in chain order, at most BufferSize
+	buf       []entry // the latest messages in chain order, see push
+	bufBytes  int     // the frames' bytes in buf
 	sessions  map[*session]struct{}
 	joining   int             // sessions between join and attach
 	pending   []wire.Doorbell // doorbells that came during init
@@ -222,15 +223,23 @@ func (h *hub) doorbellLocked(d wire.Doorbell) {
 }
 
 // push appends the next entry of the chain and wakes the sessions. The
-// buffer grows to twice BufferSize before it is cut back to BufferSize, so
-// trimming costs one copy per BufferSize messages, not one per message.
+// buffer grows to twice BufferSize entries or BufferBytes before it is cut
+// back to at most BufferSize entries and half BufferBytes (always keeping
+// the newest), so trimming costs one copy per many messages, not one each.
 func (h *hub) push(e entry) {
 	e.hubPrev = h.head
 	h.buf = append(h.buf, e)
-	if n := h.g.cfg.BufferSize; len(h.buf) > 2*n {
-		over := len(h.buf) - n
+	h.bufBytes += len(e.frame)
+	if n, max := h.g.cfg.BufferSize, h.g.cfg.BufferBytes; len(h.buf) > 2*n || h.bufBytes > max {
+		keep, bytes := 1, len(h.buf[len(h.buf)-1].frame)
+		for keep < len(h.buf) && keep < n && bytes+len(h.buf[len(h.buf)-keep-1].frame) <= max/2 {
+			keep++
+			bytes += len(h.buf[len(h.buf)-keep].frame)
+		}
+		over := len(h.buf) - keep
 		h.base = h.buf[over-1].seq
 		h.buf = append(h.buf[:0:0], h.buf[over:]...)
+		h.bufBytes = bytes
 	}
 	h.head = e.seq
 	for s := range h.sessions {

@@ -63,3 +63,37 @@ func TestAttachRefusesAHubClosedByANewEpoch(t *testing.T) {
 		t.Fatalf("%d sockets counted after the refusal", n)
 	}
 }
+
+// TestBufferBounds: the hub keeps at most twice BufferSize entries and
+// BufferBytes bytes, always the newest, and base always names the entry
+// before the first kept.
+func TestBufferBounds(t *testing.T) {
+	g := &Gateway{cfg: Config{BufferSize: 8, BufferBytes: 1000}}
+	h := &hub{g: g, sessions: map[*session]struct{}{}}
+	frame := func(n int) []byte { return make([]byte, n) }
+	var seq uint64
+	for i := range 500 {
+		size := 10 + (i%7)*60 // 10..370 bytes
+		seq += 3
+		h.push(entry{seq: seq, prev: seq - 3, frame: frame(size)})
+		total := 0
+		for _, e := range h.buf {
+			total += len(e.frame)
+		}
+		switch {
+		case total != h.bufBytes:
+			t.Fatalf("push %d: bufBytes %d, frames hold %d", i, h.bufBytes, total)
+		case len(h.buf) > 2*8, total > 1000 && len(h.buf) > 1:
+			t.Fatalf("push %d: %d entries, %d bytes: over the bounds", i, len(h.buf), total)
+		case h.buf[len(h.buf)-1].seq != seq || h.head != seq:
+			t.Fatalf("push %d: the newest entry is not kept", i)
+		case h.buf[0].hubPrev != h.base:
+			t.Fatalf("push %d: base %d, but the first entry follows %d", i, h.base, h.buf[0].hubPrev)
+		}
+	}
+	// One frame larger than the whole bound is still kept: it is the head.
+	h.push(entry{seq: seq + 3, prev: seq, frame: frame(5000)})
+	if len(h.buf) != 1 || h.buf[0].seq != seq+3 || h.base != seq {
+		t.Fatalf("after a huge frame: %d entries, base %d", len(h.buf), h.base)
+	}
+}

@@ -33,6 +33,7 @@ func runGateway(ctx context.Context, args []string) error {
 	fs.IntVar(&d.MaxSockets, "max-sockets", 0, "sockets on this gateway (default 19000)")
 	fs.Int64Var(&d.MaxFrameBytes, "max-frame-bytes", 0, "largest frame a client may send (default 4096)")
 	fs.IntVar(&d.BufferSize, "buffer", 0, "recent frames kept per connected user (default 64)")
+	fs.IntVar(&d.BufferBytes, "buffer-bytes", 0, "bytes of recent frames kept per connected user (default 262144)")
 	fs.IntVar(&d.MaxReplays, "max-replays", 0, "concurrent log reads for sockets catching up (default 64)")
 	fs.DurationVar(&d.AntiEntropy, "anti-entropy", 0, "period of the full re-read of connected users' log heads (default 10s)")
 	fs.DurationVar(&d.MoveWindow, "move-window", 0, "moves after a ring change are spread over this window; give dispatchers the same (default 5s)")
