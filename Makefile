@@ -48,8 +48,14 @@ tidy: ## go mod tidy, failing if it changes go.mod or go.sum
 	cd deploy/consul && $(GO) mod tidy
 	git diff --exit-code -- go.mod go.sum deploy/consul/go.mod deploy/consul/go.sum
 
-fuzz: ## fuzz each decoder for a while (FUZZTIME, default 30s)
-	$(GO) test -run '^$$' -fuzz FuzzOwner -fuzztime $(or $(FUZZTIME),30s) ./ring
+FUZZ_TARGETS := ./ring:FuzzOwner ./gateway/wire:FuzzDecodeClientFrame ./gateway/wire:FuzzDecodeServerFrame \
+	./gateway/wire:FuzzDecodeDoorbell ./dispatcher:FuzzDecodeNotify
+
+fuzz: ## run every fuzzer for a while each (FUZZTIME, default 30s)
+	@for t in $(FUZZ_TARGETS); do \
+		echo "fuzzing $${t#*:} in $${t%%:*}"; \
+		$(GO) test -run '^$$' -fuzz "^$${t#*:}$$" -fuzztime $(or $(FUZZTIME),30s) "$${t%%:*}" || exit 1; \
+	done
 
 run: deps build ## the whole system locally: Consul, NATS, 3 gateways, 2 dispatchers (Ctrl-C stops)
 	$(HERALD) dev
