@@ -4,6 +4,7 @@ package inboxtest
 
 import (
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"net/url"
 	"strconv"
@@ -126,12 +127,20 @@ func Connect(tb testing.TB, url string, opts ...nats.Option) *nats.Conn {
 	return nc
 }
 
+// freePort returns a loopback port that was free a moment ago, drawn from
+// [30900, 32700): below the ephemeral range (32768 and up, where the kernel
+// picks ports for outgoing connections), so a server stopped for a restart
+// finds its port still free when it comes back.
 func freePort(tb testing.TB) int {
 	tb.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatalf("inboxtest: %v", err)
+	for range 1000 {
+		p := 30900 + rand.IntN(1800)
+		l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p))
+		if err == nil {
+			l.Close()
+			return p
+		}
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	tb.Fatalf("inboxtest: no free port in [30900, 32700)")
+	return 0
 }

@@ -8,6 +8,7 @@ package consultest
 import (
 	"bytes"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -175,28 +176,36 @@ func (a *Agent) start() error {
 	return fmt.Errorf("consul agent at %s not ready within 30s: %s", a.HTTPAddr, out.String())
 }
 
-// freePorts returns n distinct loopback ports that were free for both TCP and
-// UDP (Serf uses both) a moment ago.
+// freePorts returns n distinct loopback ports, free for TCP and UDP (Serf
+// uses both) a moment ago. They are drawn from [29000, 30900), below the
+// ephemeral range (32768 and up, where the kernel picks ports for outgoing
+// connections): a port there, freed by an agent stopped for a restart,
+// could be taken by any connection before the agent comes back. herald's
+// fixed test clusters sit lower still (--port-offset 10000 to 20000).
 func freePorts(tb testing.TB, n int) []int {
 	tb.Helper()
 	var ports []int
 	seen := map[int]bool{}
-	for len(ports) < n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			tb.Fatalf("consultest: %v", err)
+	for tries := 0; len(ports) < n; tries++ {
+		if tries > 1000 {
+			tb.Fatalf("consultest: no free ports in [29000, 30900)")
 		}
-		p := l.Addr().(*net.TCPAddr).Port
+		p := 29000 + rand.IntN(1900)
+		if seen[p] {
+			continue
+		}
+		seen[p] = true
+		l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p))
+		if err != nil {
+			continue
+		}
 		u, err := net.ListenPacket("udp", "127.0.0.1:"+strconv.Itoa(p))
 		l.Close()
 		if err != nil {
 			continue
 		}
 		u.Close()
-		if !seen[p] {
-			seen[p] = true
-			ports = append(ports, p)
-		}
+		ports = append(ports, p)
 	}
 	return ports
 }
