@@ -211,12 +211,12 @@ func (h *hub) doorbellLocked(d wire.Doorbell) {
 	}
 	switch {
 	case d.Seq <= h.head:
-		m.doorbells.WithLabelValues("old").Inc()
+		m.doorbellOld.Inc()
 	case d.HasContent && d.Prev <= h.head:
-		m.doorbells.WithLabelValues("next").Inc()
+		m.doorbellNext.Inc()
 		h.push(entry{seq: d.Seq, prev: d.Prev, ts: d.TS, frame: wire.EncodeNotification(d.Seq, d.ID, d.Data, d.TS)})
 	default:
-		m.doorbells.WithLabelValues("repair").Inc()
+		m.doorbellRepair.Inc()
 		h.want = max(h.want, d.Seq)
 		h.startRepair()
 	}

@@ -8,21 +8,22 @@ import (
 // Config.Registry (never the global one: tests run several gateways in one
 // process).
 type metrics struct {
-	deliveries         prometheus.Counter
-	latency            prometheus.Histogram
-	acks               prometheus.Counter
-	replayed           prometheus.Counter
-	logReads           *prometheus.CounterVec
-	gaps               prometheus.Counter
-	doorbells          *prometheus.CounterVec
-	antiEntropyPasses  *prometheus.CounterVec
-	antiEntropyRepairs prometheus.Counter
-	slowConsumers      prometheus.Counter
-	slowDetected       prometheus.Counter
-	closes             *prometheus.CounterVec
-	moves              *prometheus.CounterVec
-	movesCancelled     prometheus.Counter
-	broadcasts         *prometheus.CounterVec
+	deliveries prometheus.Counter
+	latency    prometheus.Histogram
+	acks       prometheus.Counter
+	replayed   prometheus.Counter
+	logReads   *prometheus.CounterVec
+	gaps       prometheus.Counter
+	// Doorbells by outcome, resolved once: a doorbell is the hot path.
+	doorbellNext, doorbellOld, doorbellRepair, doorbellOffline, doorbellBad prometheus.Counter
+	antiEntropyPasses                                                       *prometheus.CounterVec
+	antiEntropyRepairs                                                      prometheus.Counter
+	slowConsumers                                                           prometheus.Counter
+	slowDetected                                                            prometheus.Counter
+	closes                                                                  *prometheus.CounterVec
+	moves                                                                   *prometheus.CounterVec
+	movesCancelled                                                          prometheus.Counter
+	broadcasts                                                              *prometheus.CounterVec
 }
 
 func newMetrics(g *Gateway) *metrics {
@@ -35,7 +36,6 @@ func newMetrics(g *Gateway) *metrics {
 		replayed:           f.counter("herald_replayed_total", "Notifications sessions read from the log to catch up."),
 		logReads:           f.counterVec("herald_log_reads_total", "Log read requests, by reason.", "reason"),
 		gaps:               f.counter("herald_gaps_total", "Gap frames sent: retention dropped messages a socket had not received."),
-		doorbells:          f.counterVec("herald_doorbells_total", "Doorbells by outcome: next (fast path), old, repair (read the log), offline, bad.", "outcome"),
 		antiEntropyPasses:  f.counterVec("herald_anti_entropy_passes_total", "Anti-entropy passes, by trigger.", "trigger"),
 		antiEntropyRepairs: f.counter("herald_anti_entropy_repairs_total", "Hubs anti-entropy found behind the log: lost doorbells repaired."),
 		slowConsumers:      f.counter("herald_slow_consumer_closes_total", "Sockets closed with 4008 because a write timed out."),
@@ -45,6 +45,9 @@ func newMetrics(g *Gateway) *metrics {
 		movesCancelled:     f.counter("herald_moves_cancelled_total", "Scheduled moves the ring no longer called for when their time came."),
 		broadcasts:         f.counterVec("herald_broadcast_frames_total", "Broadcast frames queued for sockets, or dropped for a full queue.", "result"),
 	}
+	doorbells := f.counterVec("herald_doorbells_total", "Doorbells by outcome: next (fast path), old, repair (read the log), offline, bad.", "outcome")
+	m.doorbellNext, m.doorbellOld, m.doorbellRepair = doorbells.WithLabelValues("next"), doorbells.WithLabelValues("old"), doorbells.WithLabelValues("repair")
+	m.doorbellOffline, m.doorbellBad = doorbells.WithLabelValues("offline"), doorbells.WithLabelValues("bad")
 	f.gaugeFunc("herald_sockets", "Open sockets.", func() float64 { return float64(g.stats().Sockets) })
 	f.gaugeFunc("herald_users", "Users with at least one socket.", func() float64 { return float64(g.stats().Users) })
 	f.gaugeFunc("herald_ring_members", "Members of the gateway's ring.", func() float64 { return float64(g.Ring().Len()) })

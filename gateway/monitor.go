@@ -248,7 +248,7 @@ func (g *Gateway) forSessions(f func(*session)) {
 func (g *Gateway) onDoorbell(m *nats.Msg) {
 	d, err := wire.DecodeDoorbell(m)
 	if err != nil {
-		g.m.doorbells.WithLabelValues("bad").Inc()
+		g.m.doorbellBad.Inc()
 		g.log.Debug("bad doorbell", "error", err)
 		return
 	}
@@ -256,7 +256,7 @@ func (g *Gateway) onDoorbell(m *nats.Msg) {
 	h := g.hubs[d.User]
 	g.mu.Unlock()
 	if h == nil {
-		g.m.doorbells.WithLabelValues("offline").Inc()
+		g.m.doorbellOffline.Inc()
 		if m.Reply != "" {
 			g.respond(m.Reply, wire.Offline)
 		}
