@@ -369,9 +369,10 @@ func (g *Gateway) start(ctx context.Context) error {
 			return nil
 		}
 	}
+	host, port := addrOf(g.cfg.PublicURL)
 	for {
 		reg, err := consul.Register(ctx, consul.RegisterConfig{
-			Client: g.cfg.Consul, ID: g.cfg.ID, Address: hostOf(g.cfg.PublicURL), Port: portOf(g.cfg.PublicURL),
+			Client: g.cfg.Consul, ID: g.cfg.ID, Address: host, Port: port,
 			URL: g.cfg.PublicURL, Weight: g.cfg.Weight, Version: g.cfg.Version, Instance: g.instance,
 			TTL: g.cfg.TTL, Health: g.health, Probe: wire.LivenessProbe(g.cfg.NATS), Logger: g.log,
 		})
@@ -449,12 +450,8 @@ func (g *Gateway) shutdown(srv *http.Server) {
 	}
 	g.mu.Lock()
 	g.stopping = true
-	hubs := make([]*hub, 0, len(g.hubs))
-	for _, h := range g.hubs {
-		hubs = append(hubs, h)
-	}
 	g.mu.Unlock()
-	for _, h := range hubs {
+	for _, h := range g.hubList() {
 		h.closeAll(wire.CloseServiceRestart, "gateway shutting down")
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

@@ -373,7 +373,10 @@ func (h *hub) expireWaiters(now time.Time) {
 }
 
 // closeAll closes every session of the hub.
-func (h *hub) closeAll(code int, reason string) {
+func (h *hub) closeAll(code int, reason string) { h.closeAllWith(nil, code, reason) }
+
+// closeAllWith sends frame (if any) to every session, then closes it.
+func (h *hub) closeAllWith(frame []byte, code int, reason string) {
 	h.mu.Lock()
 	ss := make([]*session, 0, len(h.sessions))
 	for s := range h.sessions {
@@ -381,7 +384,7 @@ func (h *hub) closeAll(code int, reason string) {
 	}
 	h.mu.Unlock()
 	for _, s := range ss {
-		s.close(code, reason)
+		s.closeWith(frame, code, reason)
 	}
 }
 

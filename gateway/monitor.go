@@ -160,12 +160,7 @@ func (g *Gateway) currentEpoch() string {
 // over a tenth of the period, and repairs the hubs that fell behind.
 func (g *Gateway) antiEntropy(ctx context.Context, why string) {
 	l := g.inbox.Load()
-	g.mu.Lock()
-	users := make([]string, 0, len(g.hubs))
-	for u := range g.hubs {
-		users = append(users, u)
-	}
-	g.mu.Unlock()
+	users := g.userList()
 	if len(users) == 0 {
 		return
 	}
@@ -215,15 +210,31 @@ func (g *Gateway) watchdog(now time.Time) {
 }
 
 func (g *Gateway) expireWaiters(now time.Time) {
+	for _, h := range g.hubList() {
+		h.expireWaiters(now)
+	}
+}
+
+// hubList and userList copy the hubs map's values and keys, so callers
+// work on them without holding g.mu.
+func (g *Gateway) hubList() []*hub {
 	g.mu.Lock()
+	defer g.mu.Unlock()
 	hubs := make([]*hub, 0, len(g.hubs))
 	for _, h := range g.hubs {
 		hubs = append(hubs, h)
 	}
-	g.mu.Unlock()
-	for _, h := range hubs {
-		h.expireWaiters(now)
+	return hubs
+}
+
+func (g *Gateway) userList() []string {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	users := make([]string, 0, len(g.hubs))
+	for u := range g.hubs {
+		users = append(users, u)
 	}
+	return users
 }
 
 // forSessions calls f for every session, holding no lock during f.
@@ -301,26 +312,18 @@ func (g *Gateway) context() context.Context {
 	return g.runCtx
 }
 
-// hostOf and portOf read the registered address from the public URL.
-func hostOf(u string) string {
+// addrOf reads the address to register from the public URL.
+func addrOf(u string) (host string, port int) {
 	p, err := url.Parse(u)
 	if err != nil {
-		return ""
+		return "", 0
 	}
-	return p.Hostname()
-}
-
-func portOf(u string) int {
-	p, err := url.Parse(u)
-	if err != nil {
-		return 0
+	if ps := p.Port(); ps != "" {
+		port, _ = strconv.Atoi(ps)
+	} else if p.Scheme == "wss" {
+		port = 443
+	} else {
+		port = 80
 	}
-	if port := p.Port(); port != "" {
-		n, _ := strconv.Atoi(port)
-		return n
-	}
-	if p.Scheme == "wss" {
-		return 443
-	}
-	return 80
+	return p.Hostname(), port
 }

@@ -28,12 +28,7 @@ const moveTick = 50 * time.Millisecond
 // already scheduled keeps its earlier time.
 func (g *Gateway) planMoves(why string) {
 	now := time.Now()
-	g.mu.Lock()
-	users := make([]string, 0, len(g.hubs))
-	for u := range g.hubs {
-		users = append(users, u)
-	}
-	g.mu.Unlock()
+	users := g.userList()
 	placement := g.placement()
 	g.moveMu.Lock()
 	defer g.moveMu.Unlock()
@@ -114,16 +109,7 @@ func (g *Gateway) moveNow(user string) {
 		cause = "drain"
 	}
 	g.m.moves.WithLabelValues(cause).Inc()
-	frame := wire.Encode(wire.Moved{Type: wire.TypeMoved, URL: owner.URL})
-	h.mu.Lock()
-	ss := make([]*session, 0, len(h.sessions))
-	for s := range h.sessions {
-		ss = append(ss, s)
-	}
-	h.mu.Unlock()
-	for _, s := range ss {
-		s.closeWith(frame, wire.CloseMoved, "moved")
-	}
+	h.closeAllWith(wire.Encode(wire.Moved{Type: wire.TypeMoved, URL: owner.URL}), wire.CloseMoved, "moved")
 }
 
 // placement is the ring ownership is judged by: the current ring, or while
