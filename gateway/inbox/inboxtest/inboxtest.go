@@ -4,13 +4,12 @@ package inboxtest
 
 import (
 	"fmt"
-	"math/rand/v2"
-	"net"
 	"net/url"
 	"strconv"
 	"testing"
 	"time"
 
+	"github.com/heraldpush/herald/ring/consul/consultest"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 )
@@ -18,8 +17,9 @@ import (
 // Server is an in-process NATS server that can be stopped and started again
 // on the same port and store, as a restarted nats-server would be.
 type Server struct {
-	tb   testing.TB
-	opts server.Options
+	tb    testing.TB
+	opts  server.Options
+	ports []*consultest.Ports // held by the test whenever the server is down
 	*server.Server
 }
 
@@ -28,10 +28,18 @@ type Server struct {
 // down when the test ends.
 func Run(tb testing.TB, edit ...func(*server.Options)) *Server {
 	tb.Helper()
+	return run(tb, nil, edit...)
+}
+
+// run is Run with more held ports (a cluster node's route port) to release
+// and guard with the client port.
+func run(tb testing.TB, extra *consultest.Ports, edit ...func(*server.Options)) *Server {
+	tb.Helper()
+	client := consultest.Reserve(tb, 30900, 32700, 1, false)
 	opts := server.Options{
 		ServerName: "herald-test",
 		Host:       "127.0.0.1",
-		Port:       freePort(tb),
+		Port:       client.Nums[0],
 		JetStream:  true,
 		StoreDir:   tb.TempDir(),
 		NoLog:      true,
@@ -40,7 +48,10 @@ func Run(tb testing.TB, edit ...func(*server.Options)) *Server {
 	for _, e := range edit {
 		e(&opts)
 	}
-	s := &Server{tb: tb, opts: opts}
+	s := &Server{tb: tb, opts: opts, ports: []*consultest.Ports{client}}
+	if extra != nil {
+		s.ports = append(s.ports, extra)
+	}
 	s.Start()
 	tb.Cleanup(s.Stop)
 	return s
@@ -50,12 +61,15 @@ func Run(tb testing.TB, edit ...func(*server.Options)) *Server {
 func (s *Server) Start() {
 	s.tb.Helper()
 	opts := s.opts // the server keeps and changes its copy
+	for _, p := range s.ports {
+		p.Release()
+	}
 	ns, err := server.NewServer(&opts)
 	if err != nil {
 		s.tb.Fatalf("inboxtest: %v", err)
 	}
 	go ns.Start()
-	if !ns.ReadyForConnections(10 * time.Second) {
+	if !ns.ReadyForConnections(30 * time.Second) {
 		s.tb.Fatalf("inboxtest: NATS server %s not ready", s.opts.ServerName)
 	}
 	s.Server = ns
@@ -70,6 +84,9 @@ func (s *Server) Stop() {
 	s.Shutdown()
 	s.WaitForShutdown()
 	s.Server = nil
+	for _, p := range s.ports {
+		p.Guard() // until it starts again, or the test ends
+	}
 }
 
 // URL is the server's client URL; it stays the same across restarts.
@@ -80,18 +97,16 @@ func (s *Server) URL() string { return fmt.Sprintf("nats://%s:%d", s.opts.Host, 
 // nats.Connect takes them.
 func RunCluster(tb testing.TB, n int) (nodes []*Server, urls string) {
 	tb.Helper()
-	routes := make([]int, n)
-	for i := range routes {
-		routes[i] = freePort(tb)
-	}
+	routes := make([]*consultest.Ports, n)
 	var routeURLs []*url.URL
-	for _, p := range routes {
-		routeURLs = append(routeURLs, &url.URL{Scheme: "nats", Host: "127.0.0.1:" + strconv.Itoa(p)})
+	for i := range routes {
+		routes[i] = consultest.Reserve(tb, 30900, 32700, 1, false)
+		routeURLs = append(routeURLs, &url.URL{Scheme: "nats", Host: "127.0.0.1:" + strconv.Itoa(routes[i].Nums[0])})
 	}
 	for i := range n {
-		s := Run(tb, func(o *server.Options) {
+		s := run(tb, routes[i], func(o *server.Options) {
 			o.ServerName = "herald-test-" + strconv.Itoa(i)
-			o.Cluster = server.ClusterOpts{Name: "herald-test", Host: "127.0.0.1", Port: routes[i]}
+			o.Cluster = server.ClusterOpts{Name: "herald-test", Host: "127.0.0.1", Port: routes[i].Nums[0]}
 			o.Routes = routeURLs
 		})
 		nodes = append(nodes, s)
@@ -125,22 +140,4 @@ func Connect(tb testing.TB, url string, opts ...nats.Option) *nats.Conn {
 	}
 	tb.Cleanup(nc.Close)
 	return nc
-}
-
-// freePort returns a loopback port that was free a moment ago, drawn from
-// [30900, 32700): below the ephemeral range (32768 and up, where the kernel
-// picks ports for outgoing connections), so a server stopped for a restart
-// finds its port still free when it comes back.
-func freePort(tb testing.TB) int {
-	tb.Helper()
-	for range 1000 {
-		p := 30900 + rand.IntN(1800)
-		l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p))
-		if err == nil {
-			l.Close()
-			return p
-		}
-	}
-	tb.Fatalf("inboxtest: no free port in [30900, 32700)")
-	return 0
 }

@@ -8,8 +8,6 @@ package consultest
 import (
 	"bytes"
 	"fmt"
-	"math/rand/v2"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -29,9 +27,10 @@ type Agent struct {
 	// HTTPAddr is the agent's HTTP API address, host:port.
 	HTTPAddr string
 
-	tb   testing.TB
-	bin  string
-	args []string
+	tb    testing.TB
+	bin   string
+	args  []string
+	ports *Ports // held by the test whenever the agent is not running
 
 	mu     sync.Mutex    // guards the following
 	proc   *os.Process   // nil while stopped
@@ -74,10 +73,12 @@ func Start(tb testing.TB) *Agent {
 	}
 	var lastErr error
 	for range 3 { // a free port can be taken between choosing and binding it
-		ports := freePorts(tb, 4)
+		reserved := Reserve(tb, 29000, 30900, 4, true)
+		ports := reserved.Nums
 		a := &Agent{
 			tb:       tb,
 			bin:      bin,
+			ports:    reserved,
 			HTTPAddr: "127.0.0.1:" + strconv.Itoa(ports[0]),
 			args: []string{"agent", "-dev", "-bind", "127.0.0.1", "-client", "127.0.0.1",
 				"-node", "herald-test",
@@ -121,6 +122,7 @@ func (a *Agent) Stop() {
 	a.proc.Kill()
 	<-a.exited
 	a.proc = nil
+	a.ports.Guard() // until it starts again, or the test ends
 }
 
 // Restart stops the agent and starts a new one on the same ports. The new
@@ -144,6 +146,7 @@ func (a *Agent) Output() string {
 }
 
 func (a *Agent) start() error {
+	a.ports.Release()
 	out := &syncBuffer{}
 	cmd := exec.Command(a.bin, a.args...)
 	cmd.Stdout, cmd.Stderr = out, out
@@ -174,40 +177,6 @@ func (a *Agent) start() error {
 	}
 	a.Stop()
 	return fmt.Errorf("consul agent at %s not ready within 30s: %s", a.HTTPAddr, out.String())
-}
-
-// freePorts returns n distinct loopback ports, free for TCP and UDP (Serf
-// uses both) a moment ago. They are drawn from [29000, 30900), below the
-// ephemeral range (32768 and up, where the kernel picks ports for outgoing
-// connections): a port there, freed by an agent stopped for a restart,
-// could be taken by any connection before the agent comes back. herald's
-// fixed test clusters sit lower still (--port-offset 10000 to 20000).
-func freePorts(tb testing.TB, n int) []int {
-	tb.Helper()
-	var ports []int
-	seen := map[int]bool{}
-	for tries := 0; len(ports) < n; tries++ {
-		if tries > 1000 {
-			tb.Fatalf("consultest: no free ports in [29000, 30900)")
-		}
-		p := 29000 + rand.IntN(1900)
-		if seen[p] {
-			continue
-		}
-		seen[p] = true
-		l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p))
-		if err != nil {
-			continue
-		}
-		u, err := net.ListenPacket("udp", "127.0.0.1:"+strconv.Itoa(p))
-		l.Close()
-		if err != nil {
-			continue
-		}
-		u.Close()
-		ports = append(ports, p)
-	}
-	return ports
 }
 
 // syncBuffer is a bytes.Buffer safe for the process's concurrent writes.
