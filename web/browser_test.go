@@ -73,8 +73,10 @@ func startDev(t *testing.T) devState {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The killed gateway stays down for the whole test: were it restarted,
+	// alice's tabs could land back on it instead of on the new owner.
 	cmd := exec.Command(heraldBin, "dev", "--port-offset", fmt.Sprint(portOffset), "--dir", dir,
-		"--consul", consulBin, "--restart-delay", "15s", "--log-level", "warn")
+		"--consul", consulBin, "--restart-delay", "10m", "--log-level", "warn")
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
@@ -207,7 +209,7 @@ func (tb *tab) waitJS(timeout time.Duration, what, expr string) {
 	tb.t.Helper()
 	ctx, cancel := context.WithTimeout(tb.ctx, timeout)
 	defer cancel()
-	if _, err := chromedp.Run(ctx, chromedp.Poll[bool](expr, chromedp.WithPollingInterval(50*time.Millisecond))); err != nil {
+	if _, err := chromedp.Run(ctx, chromedp.Poll[bool](expr, chromedp.WithPollingInterval(50*time.Millisecond), chromedp.WithPollingTimeout(timeout))); err != nil {
 		var status string
 		tb.eval(`document.querySelector('#status')?.textContent ?? ''`, &status)
 		tb.t.Fatalf("waiting %v for %s (%s): %v; status %q", timeout, what, expr, err, status)

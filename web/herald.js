@@ -17,7 +17,7 @@ const DEFAULTS = {
   baseURL: '',
   storageKey: 'herald-cursor',
   backoffBase: 250,
-  backoffMax: 30000,
+  backoffMax: 10000,
   stableAfter: 10000,
   tooManySocketsBackoff: 5000,
   pingInterval: 25000,
@@ -62,7 +62,9 @@ const EVENTS = ['notification', 'gap', 'broadcast', 'status'];
  *   globalThis.sessionStorage if there is one; null keeps it in memory only.
  * @param {number} [options.backoffBase=250] Full-jitter backoff base (ms): a retry
  *   waits random() · min(backoffMax, backoffBase · 2^attempt).
- * @param {number} [options.backoffMax=30000] Backoff cap (ms).
+ * @param {number} [options.backoffMax=10000] Backoff cap (ms): it bounds how
+ *   long a device whose gateway died waits, after the ring has dropped it, to
+ *   land on the new owner.
  * @param {number} [options.stableAfter=10000] A connection up this long (ms)
  *   resets the attempt counter.
  * @param {number} [options.tooManySocketsBackoff=5000] Minimum wait (ms) after

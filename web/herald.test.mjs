@@ -456,6 +456,16 @@ test('backoff: full jitter, delay = random() × cap, the cap doubling from backo
   assert.equal(h.lastStatus().state, 'stopped');
 });
 
+test('backoff: by default the cap doubles from 250 ms and stops at 10 s', async () => {
+  const h = start({ answer: () => apiError(503, 'unavailable'), random: () => 1 });
+  await flush();
+  const caps = [250, 500, 1000, 2000, 4000, 8000, 10_000, 10_000];
+  for (const [i, cap] of caps.entries()) {
+    assert.equal(h.lastStatus().delay, cap, `attempt ${i}`);
+    await h.clock.advance(cap);
+  }
+});
+
 test('backoff: with a real random() every delay is within [0, cap]', async () => {
   const h = start({ answer: () => NETWORK_ERROR, random: Math.random, backoffBase: 100, backoffMax: 3000 });
   await flush();

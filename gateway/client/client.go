@@ -56,7 +56,9 @@ type Config struct {
 	// BackoffBase is the full-jitter backoff base: a retry waits a random
 	// time in [0, min(BackoffMax, BackoffBase·2^attempt)]. If zero, 250ms.
 	BackoffBase time.Duration
-	// BackoffMax caps the backoff. If zero, 30s.
+	// BackoffMax caps the backoff. If zero, 10s: the cap bounds how long a
+	// device whose gateway died waits, once the ring has dropped it, before
+	// it lands on the new owner.
 	BackoffMax time.Duration
 	// StableAfter is how long a connection must last to reset the backoff
 	// attempt counter. If zero, 10s.
@@ -77,7 +79,7 @@ type Config struct {
 const (
 	defaultHTTPTimeout           = 10 * time.Second
 	defaultBackoffBase           = 250 * time.Millisecond
-	defaultBackoffMax            = 30 * time.Second
+	defaultBackoffMax            = 10 * time.Second
 	defaultStableAfter           = 10 * time.Second
 	defaultTooManySocketsBackoff = 5 * time.Second
 	defaultPingInterval          = 25 * time.Second

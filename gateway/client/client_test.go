@@ -42,7 +42,7 @@ func TestNewValidates(t *testing.T) {
 		t.Fatal(err)
 	}
 	got := c.cfg
-	if got.Dispatcher != "http://d:1" || got.BackoffBase != 250*time.Millisecond || got.BackoffMax != 30*time.Second ||
+	if got.Dispatcher != "http://d:1" || got.BackoffBase != 250*time.Millisecond || got.BackoffMax != 10*time.Second ||
 		got.StableAfter != 10*time.Second || got.TooManySocketsBackoff != 5*time.Second || got.PingInterval != 25*time.Second ||
 		c.hc.Timeout != 10*time.Second {
 		t.Fatalf("defaults not filled: %+v, http timeout %v", got, c.hc.Timeout)
