@@ -174,6 +174,27 @@ func TestDedupeAndAck(t *testing.T) {
 	}
 }
 
+// A frame of a type the client does not know (from a newer gateway) is
+// skipped: the socket stays up and what follows is delivered.
+func TestUnknownFrameTypesSkipped(t *testing.T) {
+	gw := newGateway(t, "gw-a", func(s *socket) {
+		s.hello("e1", 0)
+		s.notify(1)
+		s.write([]byte(`{"type":"presence","user":"u","online":true}`))
+		s.notify(2)
+		s.hold(waitLong)
+	})
+	d := newDispatcher(t, routeTo(gw))
+	h := start(t, Config{Dispatcher: d.url}, nil)
+	waitFor(t, waitLong, "ack 2", func() bool { return gw.count() > 0 && slices.Contains(gw.socket(0).acks(), 2) })
+	if got, want := h.rec.seqs(), []uint64{1, 2}; !slices.Equal(got, want) {
+		t.Errorf("delivered %v, want %v", got, want)
+	}
+	if st := h.c.Stats(); st.IgnoredFrames != 1 || st.BadFrames != 0 || st.Reconnects != 0 || gw.count() != 1 {
+		t.Errorf("stats %+v with %d sockets, want 1 ignored frame, no bad frame, one socket", st, gw.count())
+	}
+}
+
 // With NoAck the client delivers but never acks.
 func TestNoAck(t *testing.T) {
 	gw := newGateway(t, "gw-a", func(s *socket) {
@@ -450,7 +471,7 @@ func TestOtherClosesBackOff(t *testing.T) {
 		{"1011 internal error", func(s *socket) { s.close(1011) }, 1011},
 		{"1000 normal", func(s *socket) { s.close(wire.CloseNormal) }, wire.CloseNormal},
 		{"dropped", func(s *socket) { s.conn.CloseNow() }, 0},
-		{"bad frame", func(s *socket) { s.write([]byte(`{"type":"bogus"}`)); s.hold(waitLong) }, 0},
+		{"bad frame", func(s *socket) { s.write([]byte(`{"type":"notification","id":"n"}`)); s.hold(waitLong) }, 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			gw := newGateway(t, "gw-a", func(s *socket) {

@@ -91,6 +91,7 @@ type Stats struct {
 	Backoffs           uint64 // waits before a retry (of any length)
 	DeadSockets        uint64 // sockets dropped after 2×PingInterval of silence
 	BadFrames          uint64 // frames that did not decode; each ends its socket
+	IgnoredFrames      uint64 // well-formed frames of a type this client does not know
 
 	Notifications     uint64 // delivered to OnEvent
 	DroppedDuplicates uint64 // notifications at or below the cursor

@@ -113,8 +113,15 @@ func (c *Client) read(live context.Context, conn *websocket.Conn, silence *time.
 			return
 		}
 		f, err := wire.DecodeServerFrame(b)
-		if err == nil && typ != websocket.MessageText {
+		if typ != websocket.MessageText {
 			err = errors.New("binary frame")
+		}
+		if errors.Is(err, wire.ErrUnknownType) {
+			// From a newer gateway: skipping it loses nothing this client
+			// could have used.
+			c.count(func(st *Stats) { st.IgnoredFrames++ })
+			c.log.Debug("frame of an unknown type skipped", "gateway", out.gateway, "err", err)
+			continue
 		}
 		if err != nil {
 			// A gateway bug. Resuming from the cursor on a new socket loses

@@ -65,7 +65,7 @@ func DecodeClientFrame(b []byte) (ClientFrame, error) {
 	case "":
 		return ClientFrame{}, errors.New("frame without a type")
 	default:
-		return ClientFrame{}, fmt.Errorf("unknown frame type %q", f.Type)
+		return ClientFrame{}, fmt.Errorf("%w %q", ErrUnknownType, f.Type)
 	}
 	return f, nil
 }
@@ -179,6 +179,11 @@ type ServerFrame struct {
 	URL     string          `json:"url,omitempty"`
 }
 
+// ErrUnknownType marks a well-formed frame whose type this version does not
+// know. Clients skip such frames from a gateway, so that a newer gateway can
+// add frame types; gateways refuse them from clients (close 1008).
+var ErrUnknownType = errors.New("unknown frame type")
+
 // DecodeServerFrame decodes and checks a frame from a gateway.
 func DecodeServerFrame(b []byte) (ServerFrame, error) {
 	var f ServerFrame
@@ -207,7 +212,7 @@ func DecodeServerFrame(b []byte) (ServerFrame, error) {
 	case "":
 		return ServerFrame{}, errors.New("frame without a type")
 	default:
-		return ServerFrame{}, fmt.Errorf("unknown frame type %q", f.Type)
+		return ServerFrame{}, fmt.Errorf("%w %q", ErrUnknownType, f.Type)
 	}
 	return f, nil
 }
