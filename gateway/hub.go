@@ -103,8 +103,11 @@ func (h *hub) init(ctx context.Context) {
 	if l == nil {
 		err = errNotReady
 	} else {
+		// Through the leader: a doorbell that came before this hub existed
+		// was dropped, so a replica lagging behind that append would hide
+		// the message until anti-entropy.
 		h.g.m.logReads.WithLabelValues("init").Inc()
-		last, found, err = l.Last(ctx, h.user, false)
+		last, found, err = l.Last(ctx, h.user, true)
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
