@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/heraldpush/herald/gateway/wire"
 	"github.com/heraldpush/herald/ring"
 )
 
@@ -72,4 +73,84 @@ func TestGraceOwners(t *testing.T) {
 		}
 	}
 	t.Fatal("no user moved twice")
+}
+
+// After a ring change, a notification for a user whose owner changed rings
+// both owners until the grace window (MoveWindow + 2 s) ends, and only the
+// new owner after it; users whose owner stayed get one doorbell throughout.
+func TestGraceWindowRingsBothOwners(t *testing.T) {
+	e := newEnv(t)
+	gws := map[string]*testGateway{"gw-a": e.gateway("gw-a", gatewayOpts{}), "gw-b": e.gateway("gw-b", gatewayOpts{})}
+	const moveWindow = 3 * time.Second // the grace window is 5 s
+	td := e.dispatcher(func(c *Config) { c.MoveWindow = moveWindow })
+	td.waitRing("gw-a", "gw-b")
+	before := td.Ring()
+
+	gws["gw-c"] = e.gateway("gw-c", gatewayOpts{})
+	td.waitRing("gw-a", "gw-b", "gw-c")
+	changed := time.Now() // at or after the dispatcher's ring change
+	after := td.Ring()
+
+	type sent struct {
+		user     string
+		seq      uint64
+		was, now string
+	}
+	var moved, stayed []sent
+	for i := 0; len(moved) < 3 || len(stayed) < 3; i++ {
+		u := "user-" + strconv.Itoa(i)
+		was, _ := before.Owner(u)
+		now, _ := after.Owner(u)
+		s := sent{user: u, was: was.ID, now: now.ID}
+		if was.ID != now.ID && len(moved) < 3 {
+			s.seq = td.notify(`{"user":"` + u + `","data":1}`).Seq
+			moved = append(moved, s)
+		} else if was.ID == now.ID && len(stayed) < 3 {
+			s.seq = td.notify(`{"user":"` + u + `","data":1}`).Seq
+			stayed = append(stayed, s)
+		}
+	}
+	if time.Since(changed) >= moveWindow+graceSlack {
+		t.Fatalf("six appends took %v, past the grace window: the test cannot check it", time.Since(changed))
+	}
+	rung := func(g *testGateway, s sent) bool {
+		return slices.ContainsFunc(g.doorbellsFor(s.user), func(d wire.Doorbell) bool { return d.Seq == s.seq })
+	}
+	for _, s := range moved {
+		waitFor(t, 5*time.Second, s.user+"'s doorbell on its new and previous owner", func() bool {
+			return rung(gws[s.now], s) && rung(gws[s.was], s)
+		})
+	}
+	for _, s := range stayed {
+		waitFor(t, 5*time.Second, s.user+"'s doorbell on its owner", func() bool { return rung(gws[s.now], s) })
+		if n := len(gws[s.now].doorbellsFor(s.user)); n != 1 {
+			t.Errorf("%s's owner got %d doorbells, want 1", s.user, n)
+		}
+	}
+	if got := td.metric("herald_grace_doorbells_total"); got != float64(len(moved)) {
+		t.Errorf("herald_grace_doorbells_total = %v, want %d", got, len(moved))
+	}
+
+	// After the window only the new owner is rung. A marker for a user the
+	// previous owner still owns, notified afterwards on the same NATS
+	// connection, reaches it after any doorbell it would have been sent.
+	waitFor(t, 10*time.Second, "the grace window to end", func() bool { return time.Since(changed) > moveWindow+graceSlack+time.Second })
+	s := moved[0]
+	s.seq = td.notify(`{"user":"` + s.user + `","data":2}`).Seq
+	var marker sent
+	for _, st := range stayed {
+		if st.now == s.was {
+			marker = st
+		}
+	}
+	if marker.user == "" {
+		marker = sent{user: td.ownedBy(s.was), now: s.was}
+	}
+	marker.seq = td.notify(`{"user":"` + marker.user + `","data":2}`).Seq
+	waitFor(t, 5*time.Second, "the new owner's doorbell and the marker", func() bool {
+		return rung(gws[s.now], s) && rung(gws[marker.now], marker)
+	})
+	if rung(gws[s.was], s) {
+		t.Errorf("%s's previous owner %s was rung after the grace window", s.user, s.was)
+	}
 }

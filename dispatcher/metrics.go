@@ -80,7 +80,7 @@ func newMetrics(d *Dispatcher, reg *prometheus.Registry) (*metrics, error) {
 		return 0
 	}
 	cs := []prometheus.Collector{
-		m.notifications, m.duplicates, m.doorbells, m.waits, m.broadcasts, m.rateLimited, m.requests, m.latency,
+		m.notifications, m.duplicates, m.doorbells, m.waits, m.graceDoorbells, m.broadcasts, m.rateLimited, m.requests, m.latency,
 		prometheus.NewCounterFunc(prometheus.CounterOpts{
 			Name: "herald_append_conflicts_total",
 			Help: "Appends that found another message at the user's head (another writer, or a stale cached head).",
