@@ -63,9 +63,8 @@ func (d *Dispatcher) requireAPIKey(next http.Handler) http.Handler {
 }
 
 // allow takes n tokens from the key's bucket, or answers 429 with the
-// Retry-After the bucket needs to hold them. A request larger than the
-// burst is charged the whole burst, so a big batch is slowed down rather
-// than refused forever.
+// Retry-After the bucket needs to hold them. n is at most the burst (more
+// could never be granted); a batch's caller caps it.
 func (d *Dispatcher) allow(w http.ResponseWriter, r *http.Request, key *apiKey, n int) bool {
 	if n <= 0 {
 		return true

@@ -50,6 +50,10 @@ func TestBadInputChangesNothing(t *testing.T) {
 		{"empty id", "POST", "/v1/notify", `{"user":"alice","data":1,"id":""}`, key, 400, CodeInvalidID},
 		{"oversized id", "POST", "/v1/notify", `{"user":"alice","data":1,"id":"` + strings.Repeat("i", 129) + `"}`, key, 400, CodeInvalidID},
 		{"control character in id", "POST", "/v1/notify", `{"user":"alice","data":1,"id":"a\tb"}`, key, 400, CodeInvalidID},
+		{"id ending in a space", "POST", "/v1/notify", `{"user":"alice","data":1,"id":"a "}`, key, 400, CodeInvalidID},
+		{"id of spaces", "POST", "/v1/notify", `{"user":"alice","data":1,"id":"   "}`, key, 400, CodeInvalidID},
+		{"lone surrogate in id", "POST", "/v1/notify", `{"user":"alice","data":1,"id":"a\udfffb"}`, key, 400, CodeInvalidID},
+		{"lone surrogate in user", "POST", "/v1/notify", `{"user":"a\ud800b","data":1}`, key, 400, CodeInvalidUser},
 		{"id not a string", "POST", "/v1/notify", `{"user":"alice","data":1,"id":7}`, key, 400, CodeInvalidID},
 		{"missing data", "POST", "/v1/notify", `{"user":"alice"}`, key, 400, CodeInvalidData},
 		{"null data", "POST", "/v1/notify", `{"user":"alice","data":null}`, key, 400, CodeInvalidData},
@@ -105,7 +109,7 @@ func TestRateLimit(t *testing.T) {
 	e := newEnv(t)
 	e.gateway("gw-a", gatewayOpts{})
 	td := e.dispatcher(func(c *Config) {
-		c.APIKeys = []string{testKey, testKey2}
+		c.APIKeys = []string{testKey, testKey2, testKey3}
 		c.RateLimit, c.RateBurst = 0.01, 3 // one token per 100s: the bucket does not refill during the test
 	})
 	td.waitRing("gw-a")
@@ -137,4 +141,16 @@ func TestRateLimit(t *testing.T) {
 	if got := td.metric("herald_rate_limited_total"); got != 3 {
 		t.Errorf("herald_rate_limited_total = %v, want 3", got)
 	}
+
+	// A batch larger than the burst is charged the whole burst, not refused
+	// forever: on a full bucket it goes through.
+	k3 := []string{"Authorization", "Bearer " + testKey3, "Content-Type", "application/json"}
+	five := `{"notifications":[{"user":"carol","data":1},{"user":"carol","data":2},{"user":"carol","data":3},{"user":"carol","data":4},{"user":"carol","data":5}]}`
+	if r := td.do("POST", "/v1/notify/batch", five, k3...); r.status != http.StatusAccepted {
+		t.Fatalf("batch of 5 on a full bucket of 3: %d %s", r.status, r.body)
+	}
+	if n := e.streamMsgs(); n != 11 {
+		t.Fatalf("stream holds %d messages, want 11", n)
+	}
+	wantError(t, td.do("POST", "/v1/notify", `{"user":"carol","data":6}`, k3...), http.StatusTooManyRequests, CodeRateLimited)
 }

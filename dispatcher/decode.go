@@ -37,7 +37,8 @@ type notifyRequest struct {
 
 // decodeNotify decodes and validates one notification: a notify body or one
 // item of a batch. data may be any JSON value except null, at most
-// maxPayload bytes as sent.
+// maxPayload bytes as sent. When the user is valid but the rest is not, the
+// error comes with the user, so a batch can keep that user's order.
 func decodeNotify(b []byte, maxPayload int) (notification, *Error) {
 	var req notifyRequest
 	if err := decodeStrict(b, &req); err != nil {
@@ -52,13 +53,13 @@ func decodeNotify(b []byte, maxPayload int) (notification, *Error) {
 	n := notification{User: *req.User}
 	if req.ID != nil {
 		if err := wire.ValidateID(*req.ID); err != nil {
-			return notification{}, errorf(CodeInvalidID, "%v", err)
+			return notification{User: n.User}, errorf(CodeInvalidID, "%v", err)
 		}
 		n.ID = *req.ID
 	}
 	data, err := checkData(req.Data, maxPayload)
 	if err != nil {
-		return notification{}, err
+		return notification{User: n.User}, err
 	}
 	n.Data = data
 	return n, nil

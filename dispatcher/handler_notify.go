@@ -148,8 +148,11 @@ func (d *Dispatcher) handleBatch(w http.ResponseWriter, r *http.Request) {
 		d.fail(w, r, err)
 		return
 	}
-	// The key paid one notification to get here; now the rest.
-	if !d.allow(w, r, keyOf(r), len(items)-1) {
+	// The key paid one notification to get here; now the rest, up to its
+	// burst in all: a batch larger than the burst is charged the whole
+	// burst, so it is slowed down rather than refused forever.
+	key := keyOf(r)
+	if !d.allow(w, r, key, min(len(items), key.limiter.Burst())-1) {
 		return
 	}
 	writeJSON(w, http.StatusAccepted, struct {
@@ -169,7 +172,8 @@ func (d *Dispatcher) fail(w http.ResponseWriter, r *http.Request, err *Error) {
 // request order, so one batch keeps each user's order; different users go
 // in parallel, batchConcurrency at a time.
 //
-// Once an append of a user fails, the user's later items are not tried:
+// Once an item of a user is refused or its append fails, the user's later
+// items are not tried:
 // had they been stored, the caller's retry of the failed one would land
 // after them, out of order. This also bounds a batch during an outage to
 // about one append timeout per batchConcurrency users, well within the
@@ -177,16 +181,17 @@ func (d *Dispatcher) fail(w http.ResponseWriter, r *http.Request, err *Error) {
 func (d *Dispatcher) notifyBatch(ctx context.Context, items []json.RawMessage) []any {
 	results := make([]any, len(items))
 	ns := make([]notification, len(items))
+	bad := make([]*Error, len(items)) // refused items of a known user
 	byUser := map[string][]int{}
 	var users []string
 	for i, raw := range items {
 		n, err := decodeNotify(raw, d.cfg.MaxPayload)
-		if err != nil {
+		if err != nil && n.User == "" {
 			d.count(notifyResult{}, err)
 			results[i] = err.body()
 			continue
 		}
-		ns[i] = n
+		ns[i], bad[i] = n, err
 		if _, ok := byUser[n.User]; !ok {
 			users = append(users, n.User)
 		}
@@ -202,10 +207,15 @@ func (d *Dispatcher) notifyBatch(ctx context.Context, items []json.RawMessage) [
 					res notifyResult
 					err *Error
 				)
-				if failed != nil {
+				switch {
+				case failed != nil:
 					err = errorf(CodeUnavailable, "not attempted: an earlier notification for this user in the batch failed (%s); nothing was stored, retry them in order", failed.Code)
-				} else if res, err = d.notify(ctx, ns[i], 0); err != nil {
-					failed = err
+				case bad[i] != nil:
+					err, failed = bad[i], bad[i]
+				default:
+					if res, err = d.notify(ctx, ns[i], 0); err != nil {
+						failed = err
+					}
 				}
 				d.count(res, err)
 				if err != nil {

@@ -46,6 +46,7 @@ func TestMain(m *testing.M) {
 const (
 	testKey  = "test-key-1"
 	testKey2 = "test-key-2"
+	testKey3 = "test-key-3"
 )
 
 var (

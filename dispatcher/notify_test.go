@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -127,7 +128,7 @@ func TestIdempotency(t *testing.T) {
 func TestBatch(t *testing.T) {
 	e := newEnv(t)
 	gw := e.gateway("gw-a", gatewayOpts{})
-	td := e.dispatcher(func(c *Config) { c.MaxBatch = 6 })
+	td := e.dispatcher(func(c *Config) { c.MaxBatch = 7 })
 	td.waitRing("gw-a")
 
 	r := td.publish("/v1/notify/batch", `{"notifications":[
@@ -136,7 +137,8 @@ func TestBatch(t *testing.T) {
 		{"user":"bob","data":"hi","id":"b1"},
 		{"user":"carol"},
 		{"user":"alice","data":{"n":2},"id":"a2"},
-		{"user":"alice","data":{"n":3},"id":"a3"}
+		{"user":"alice","data":{"n":3},"id":"a3"},
+		{"user":"carol","data":2}
 	]}`)
 	if r.status != http.StatusAccepted {
 		t.Fatalf("batch: %d %s", r.status, r.body)
@@ -151,10 +153,15 @@ func TestBatch(t *testing.T) {
 	got := decodeAs[struct {
 		Results []item `json:"results"`
 	}](t, r).Results
-	if len(got) != 6 {
-		t.Fatalf("%d results, want 6: %s", len(got), r.body)
+	if len(got) != 7 {
+		t.Fatalf("%d results, want 7: %s", len(got), r.body)
 	}
-	for i, want := range []string{"a1", "invalid_user", "b1", "invalid_data", "a2", "a3"} {
+	// carol's second item is not tried: stored after her refused first
+	// one, it would come before that one's corrected retry.
+	if e := got[6].Error; e == nil || !strings.Contains(e.Message, "not attempted") {
+		t.Errorf("carol's second item: %+v, want it not attempted", got[6])
+	}
+	for i, want := range []string{"a1", "invalid_user", "b1", "invalid_data", "a2", "a3", "unavailable"} {
 		switch g := got[i]; {
 		case g.Error != nil:
 			if g.Error.Code != want || g.Error.Message == "" {
