@@ -80,7 +80,9 @@ func UserFromKey(key string) (string, error) {
 var ErrBadUser = errors.New("invalid user ID")
 
 // ValidateUser checks a user ID: 1 to 256 bytes of UTF-8 without control
-// characters. IDs are compared byte for byte; nothing is normalized.
+// characters or U+FFFD. IDs are compared byte for byte; nothing is
+// normalized. U+FFFD is what a JSON decoder makes of a lone surrogate
+// escape ("\ud800"), so two different requests would name the same user.
 func ValidateUser(user string) error {
 	switch {
 	case user == "":
@@ -91,14 +93,17 @@ func ValidateUser(user string) error {
 		return fmt.Errorf("%w: not UTF-8", ErrBadUser)
 	}
 	for _, r := range user {
-		if unicode.IsControl(r) {
-			return fmt.Errorf("%w: contains control character %U", ErrBadUser, r)
+		if unicode.IsControl(r) || r == utf8.RuneError {
+			return fmt.Errorf("%w: contains %U", ErrBadUser, r)
 		}
 	}
 	return nil
 }
 
-// ValidateID checks an idempotency key: 1 to 128 bytes of printable UTF-8.
+// ValidateID checks an idempotency key: 1 to 128 bytes of UTF-8 without
+// control characters or U+FFFD (as ValidateUser), and without a space at
+// either end: IDs travel in NATS headers, whose values lose the spaces at
+// their ends, so "x " would be taken for a duplicate of "x".
 func ValidateID(id string) error {
 	switch {
 	case id == "":
@@ -107,10 +112,12 @@ func ValidateID(id string) error {
 		return fmt.Errorf("invalid id: %d bytes, at most %d", len(id), MaxIDBytes)
 	case !utf8.ValidString(id):
 		return errors.New("invalid id: not UTF-8")
+	case id[0] == ' ' || id[len(id)-1] == ' ':
+		return errors.New("invalid id: begins or ends with a space")
 	}
 	for _, r := range id {
-		if unicode.IsControl(r) {
-			return fmt.Errorf("invalid id: contains control character %U", r)
+		if unicode.IsControl(r) || r == utf8.RuneError {
+			return fmt.Errorf("invalid id: contains %U", r)
 		}
 	}
 	return nil

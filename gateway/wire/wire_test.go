@@ -90,9 +90,23 @@ func TestValidateUser(t *testing.T) {
 			t.Errorf("ValidateUser(%q): %v", ok, err)
 		}
 	}
-	for _, bad := range []string{"", strings.Repeat("a", MaxUserBytes+1), "a\nb", "a\x00", "\x7f", "a\u0085b", "\xff\xfe"} {
+	for _, bad := range []string{"", strings.Repeat("a", MaxUserBytes+1), "a\nb", "a\x00", "\x7f", "a\u0085b", "\xff\xfe", "a\ufffdb"} {
 		if err := ValidateUser(bad); err == nil {
 			t.Errorf("ValidateUser(%q) accepted it", bad)
+		}
+	}
+}
+
+func TestValidateID(t *testing.T) {
+	for _, ok := range []string{"order-42", "a b", "ü 日本", strings.Repeat("i", MaxIDBytes)} {
+		if err := ValidateID(ok); err != nil {
+			t.Errorf("ValidateID(%q): %v", ok, err)
+		}
+	}
+	// NATS headers lose the spaces at a value's ends: "x " would become "x".
+	for _, bad := range []string{"", strings.Repeat("i", MaxIDBytes+1), "x ", " x", " ", "a\tb", "a\u0085b", "\xff", "a\ufffdb"} {
+		if err := ValidateID(bad); err == nil {
+			t.Errorf("ValidateID(%q) accepted it", bad)
 		}
 	}
 }
