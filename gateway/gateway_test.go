@@ -168,6 +168,7 @@ func TestAuthAndBadInput(t *testing.T) {
 	c.startGateway("gw-1", func(cfg *gateway.Config) { cfg.AuthTimeout = 300 * time.Millisecond })
 	url := c.gws["gw-1"].url
 	wrong, _ := signWith("another secret, also thirty-two bytes", "alice", time.Hour)
+	wrongExpired, _ := signWith("another secret, also thirty-two bytes", "alice", -time.Minute)
 	for _, tc := range []struct {
 		name  string
 		first string // raw first frame; empty sends nothing
@@ -179,7 +180,8 @@ func TestAuthAndBadInput(t *testing.T) {
 		{"ping first", `{"type":"ping"}`, nil, wire.CloseUnauthorized},
 		{"bad signature", `{"type":"auth","token":"` + userToken(t, "alice", time.Hour)[:60] + `xx"}`, nil, wire.CloseUnauthorized},
 		{"wrong secret", `{"type":"auth","token":"` + wrong + `"}`, nil, wire.CloseUnauthorized},
-		{"expired", `{"type":"auth","token":"` + userToken(t, "alice", -time.Minute) + `"}`, nil, wire.CloseUnauthorized},
+		{"expired", `{"type":"auth","token":"` + userToken(t, "alice", -time.Minute) + `"}`, nil, wire.CloseTokenExpired},
+		{"expired, wrong secret", `{"type":"auth","token":"` + wrongExpired + `"}`, nil, wire.CloseUnauthorized},
 		{"oversized frame", `{"type":"auth","token":"` + strings.Repeat("x", 5000) + `"}`, nil, websocket.StatusMessageTooBig},
 		{"garbage after auth", `{"type":"auth","token":"` + userToken(t, "alice", time.Hour) + `"}`,
 			func(s *socket) { s.hello(); s.c.Write(context.Background(), websocket.MessageText, []byte("][")) }, wire.CloseBadFrame},

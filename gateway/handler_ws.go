@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	"github.com/heraldpush/herald/gateway/token"
 	"github.com/heraldpush/herald/gateway/wire"
 	"github.com/heraldpush/herald/ring"
 )
@@ -58,6 +59,12 @@ func (g *Gateway) handleWS(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	claims, err := g.verifier.Verify(f.Token)
+	if errors.Is(err, token.ErrExpired) {
+		// Perhaps expired on its way from /v1/connect: the client gets a
+		// new one, where 4003 would stop it for good.
+		reject(wire.CloseTokenExpired, "token expired")
+		return
+	}
 	if err != nil {
 		reject(wire.CloseUnauthorized, "invalid token")
 		return

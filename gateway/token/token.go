@@ -43,6 +43,11 @@ func NewVerifier(secrets ...[]byte) (*Verifier, error) {
 // ErrInvalid is wrapped by every verification failure.
 var ErrInvalid = errors.New("invalid token")
 
+// ErrExpired is wrapped, besides ErrInvalid, when a correctly signed token
+// has expired. The client should get a new token rather than give up: a
+// token can expire between /v1/connect and the auth frame.
+var ErrExpired = errors.New("token expired")
+
 // Verify checks the token's signature, algorithm, expiry and subject.
 func (v *Verifier) Verify(tok string) (Claims, error) {
 	var rc jwt.RegisteredClaims
@@ -51,6 +56,9 @@ func (v *Verifier) Verify(tok string) (Claims, error) {
 		jwt.WithExpirationRequired(),
 		jwt.WithLeeway(0),
 	)
+	if errors.Is(err, jwt.ErrTokenExpired) {
+		return Claims{}, fmt.Errorf("%w: %w: %v", ErrInvalid, ErrExpired, err)
+	}
 	if err != nil {
 		return Claims{}, fmt.Errorf("%w: %v", ErrInvalid, err)
 	}

@@ -44,19 +44,24 @@ func TestVerifyRejects(t *testing.T) {
 	exp := time.Now().Add(time.Hour).Unix()
 	good := sign(jwt.SigningMethodHS256, cur, jwt.MapClaims{"sub": "alice", "exp": exp})
 	for name, tok := range map[string]string{
-		"garbage":        "not.a.token",
-		"empty":          "",
-		"wrong secret":   sign(jwt.SigningMethodHS256, other, jwt.MapClaims{"sub": "alice", "exp": exp}),
-		"expired":        sign(jwt.SigningMethodHS256, cur, jwt.MapClaims{"sub": "alice", "exp": time.Now().Add(-time.Second).Unix()}),
-		"no exp":         sign(jwt.SigningMethodHS256, cur, jwt.MapClaims{"sub": "alice"}),
-		"no sub":         sign(jwt.SigningMethodHS256, cur, jwt.MapClaims{"exp": exp}),
-		"control in sub": sign(jwt.SigningMethodHS256, cur, jwt.MapClaims{"sub": "a\nb", "exp": exp}),
-		"HS512":          sign(jwt.SigningMethodHS512, cur, jwt.MapClaims{"sub": "alice", "exp": exp}),
-		"alg none":       sign(jwt.SigningMethodNone, jwt.UnsafeAllowNoneSignatureType, jwt.MapClaims{"sub": "alice", "exp": exp}),
-		"bad signature":  good[:len(good)-2] + "xx",
+		"garbage":               "not.a.token",
+		"empty":                 "",
+		"wrong secret":          sign(jwt.SigningMethodHS256, other, jwt.MapClaims{"sub": "alice", "exp": exp}),
+		"expired":               sign(jwt.SigningMethodHS256, cur, jwt.MapClaims{"sub": "alice", "exp": time.Now().Add(-time.Second).Unix()}),
+		"expired, wrong secret": sign(jwt.SigningMethodHS256, other, jwt.MapClaims{"sub": "alice", "exp": time.Now().Add(-time.Second).Unix()}),
+		"no exp":                sign(jwt.SigningMethodHS256, cur, jwt.MapClaims{"sub": "alice"}),
+		"no sub":                sign(jwt.SigningMethodHS256, cur, jwt.MapClaims{"exp": exp}),
+		"control in sub":        sign(jwt.SigningMethodHS256, cur, jwt.MapClaims{"sub": "a\nb", "exp": exp}),
+		"HS512":                 sign(jwt.SigningMethodHS512, cur, jwt.MapClaims{"sub": "alice", "exp": exp}),
+		"alg none":              sign(jwt.SigningMethodNone, jwt.UnsafeAllowNoneSignatureType, jwt.MapClaims{"sub": "alice", "exp": exp}),
+		"bad signature":         good[:len(good)-2] + "xx",
 	} {
-		if c, err := v.Verify(tok); !errors.Is(err, ErrInvalid) {
+		c, err := v.Verify(tok)
+		if !errors.Is(err, ErrInvalid) {
 			t.Errorf("%s: Verify = %+v, %v; want ErrInvalid", name, c, err)
+		}
+		if errors.Is(err, ErrExpired) != (name == "expired") {
+			t.Errorf("%s: Verify = %v; ErrExpired only for a correctly signed expired token", name, err)
 		}
 	}
 }
