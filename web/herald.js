@@ -263,6 +263,7 @@ export function connect(options = {}) {
     const cap = Math.min(o.backoffMax, o.backoffBase * 2 ** attempt);
     const delay = floor + random() * cap;
     status('reconnecting', { ...info, delay });
+    if (stopped) return; // a listener closed the client
     if (attempt < maxAttempt) attempt++;
     stats.backoffs++;
     await new Promise(resolve => {

@@ -836,6 +836,16 @@ test('close() during a backoff or a pending /v1/connect leaves no timer', async 
   assert.equal(c.clock.pending, 0);
 });
 
+test('close() from a reconnecting status listener leaves no backoff timer', async () => {
+  const h = start();
+  await h.connected();
+  h.client.on('status', s => s.state === 'reconnecting' && h.client.close());
+  await h.serverClose(1012);
+  await flush();
+  assert.equal(h.lastStatus().state, 'stopped');
+  assert.equal(h.clock.pending, 0);
+});
+
 test('close() from a listener stops at once; no ack goes out on the closed socket', async () => {
   const h = start();
   h.client.on('notification', () => h.client.close());
