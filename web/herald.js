@@ -57,7 +57,8 @@ const EVENTS = ['notification', 'gap', 'broadcast', 'status'];
  *   401 from /v1/connect. A rejection or empty token is retried with backoff.
  * @param {string} [options.baseURL=''] The dispatcher's base URL; '' is this origin.
  * @param {string} [options.storageKey='herald-cursor'] sessionStorage key of this
- *   tab's cursor {epoch, seq}.
+ *   tab's cursor {epoch, seq}, stored with its user; a token (JWT) for another
+ *   user starts from a fresh cursor.
  * @param {Storage|null} [options.storage] Where the cursor is kept; default
  *   globalThis.sessionStorage if there is one; null keeps it in memory only.
  * @param {number} [options.backoffBase=250] Full-jitter backoff base (ms): a retry
@@ -141,6 +142,10 @@ export function connect(options = {}) {
   };
 
   let cursor = loadCursor();
+  // The user the cursor belongs to, from the last hello; '' if unknown. A
+  // cursor is a position in one user's log: sent for another user it would
+  // look valid and silently skip that user's older messages.
+  let cursorUser = loadCursorUser();
   let stopped = false;
   let token = '';
   let next = ''; // URL to dial without asking the dispatcher (after a move)
@@ -419,6 +424,11 @@ export function connect(options = {}) {
       ws.onopen = () => {
         openedAt = now();
         const auth = { type: 'auth', token };
+        const user = tokenUser(token);
+        if (user !== null && cursorUser !== '' && user !== cursorUser) {
+          cursorUser = '';
+          setCursor('', 0); // another user's cursor: start this one afresh
+        }
         if (cursor.seq > 0) auth.since = cursor.seq;
         if (cursor.epoch) auth.epoch = cursor.epoch;
         if (ring) auth.ring = ring;
@@ -452,6 +462,7 @@ export function connect(options = {}) {
     switch (f.type) {
       case 'hello':
         // Authoritative: the gateway knows the log; a gap may follow.
+        cursorUser = f.user;
         setCursor(f.epoch, f.cursor);
         out.gateway = stats.gateway = f.gateway;
         out.hello = true;
@@ -533,7 +544,7 @@ export function connect(options = {}) {
     cursor = { epoch, seq };
     if (!storage) return;
     try {
-      storage.setItem(o.storageKey, JSON.stringify(cursor));
+      storage.setItem(o.storageKey, JSON.stringify({ ...cursor, user: cursorUser }));
     } catch {
       // Storage full or denied: the in-memory cursor still works for this page.
     }
@@ -547,6 +558,16 @@ export function connect(options = {}) {
       // Unreadable: start fresh (the gateway replays the retained log).
     }
     return { epoch: '', seq: 0 };
+  }
+
+  function loadCursorUser() {
+    try {
+      const c = storage && JSON.parse(storage.getItem(o.storageKey));
+      if (c && typeof c.user === 'string' && cursor.seq > 0) return c.user;
+    } catch {
+      // Unreadable: loadCursor started fresh too.
+    }
+    return '';
   }
 
   // later is setTimeout that close() can cancel.
@@ -645,6 +666,20 @@ function report(err) {
 
 function errText(err) {
   return (err && err.message) || String(err);
+}
+
+// tokenUser returns the sub claim of a JWT, or null when the token is not a
+// JWT this client can read. It is not verified (the gateway does that): it
+// only tells whose cursor to send.
+function tokenUser(token) {
+  try {
+    const p = token.split('.')[1].replace(/-/g, '+').replace(/_/g, '/');
+    const bytes = Uint8Array.from(atob(p), c => c.charCodeAt(0));
+    const sub = JSON.parse(new TextDecoder().decode(bytes)).sub;
+    return typeof sub === 'string' ? sub : null;
+  } catch {
+    return null;
+  }
 }
 
 // defaultStorage is the tab's sessionStorage, if the page may use it (a

@@ -221,7 +221,7 @@ test('connects: token, POST /v1/connect with the bearer token, socket to the ans
   assert.equal(s.url, 'ws://gw-1/ws');
   assert.deepEqual(s.cursor, { epoch: 'e1', seq: 0 });
   assert.deepEqual(h.client.cursor, { epoch: 'e1', seq: 0 });
-  assert.deepEqual(JSON.parse(h.storage.getItem('herald-cursor')), { epoch: 'e1', seq: 0 });
+  assert.deepEqual(JSON.parse(h.storage.getItem('herald-cursor')), { epoch: 'e1', seq: 0, user: 'u1' });
   assert.equal(h.client.stats.connects, 1);
   assert.equal(h.frames[0].type, 'hello', 'onframe sees the raw frames');
   h.client.close();
@@ -265,7 +265,7 @@ test('notifications: each seq once and in order, duplicates dropped, every deliv
   // onframe gets every frame as received, duplicates included.
   assert.deepEqual(h.frames.filter(f => f.type === 'notification').map(f => f.seq), [1, 2, 2, 1, 3]);
   assert.deepEqual(h.client.cursor, { epoch: 'e1', seq: 3 });
-  assert.deepEqual(JSON.parse(h.storage.getItem('herald-cursor')), { epoch: 'e1', seq: 3 });
+  assert.deepEqual(JSON.parse(h.storage.getItem('herald-cursor')), { epoch: 'e1', seq: 3, user: 'u1' });
   h.client.close();
 });
 
@@ -346,7 +346,7 @@ test('gap with a new epoch resets the cursor, so the new log\'s low seqs are del
   assert.deepEqual(h.client.cursor, { epoch: 'e2', seq: 0 });
   await h.send(note(1), note(2));
   assert.deepEqual(h.seqs(), [1, 2], 'seqs of the new epoch are not dropped as old');
-  assert.deepEqual(JSON.parse(h.storage.getItem('herald-cursor')), { epoch: 'e2', seq: 2 });
+  assert.deepEqual(JSON.parse(h.storage.getItem('herald-cursor')), { epoch: 'e2', seq: 2, user: 'u1' });
   assert.equal(h.client.stats.gaps, 1);
   h.client.close();
 });
@@ -393,7 +393,32 @@ test('the cursor survives in storage: a new client with the same key resumes, an
   assert.deepEqual(c.sock.sent[0], { type: 'auth', token: 'tok-1', ring: 'ring-1' });
   assert.deepEqual(c.client.cursor, { epoch: '', seq: 0 });
   c.client.close();
-  assert.deepEqual(JSON.parse(storage.getItem('herald-cursor')), { epoch: 'e7', seq: 2 }, 'the other key left it alone');
+  assert.deepEqual(JSON.parse(storage.getItem('herald-cursor')), { epoch: 'e7', seq: 2, user: 'u1' }, 'the other key left it alone');
+});
+
+test('a stored cursor is sent only for the user it belongs to (the JWT sub)', async () => {
+  const jwt = sub => `h.${Buffer.from(JSON.stringify({ sub, exp: 1 })).toString('base64url')}.sig`;
+  const storage = new MemoryStorage();
+  const a = start({ storage, tokenProvider: async () => jwt('u1') });
+  await a.connected({ epoch: 'e7', cursor: 0 }); // the fake's hello names u1
+  await a.send(note(1), note(2));
+  a.client.close();
+
+  // The same user resumes.
+  const same = start({ storage, tokenProvider: async () => jwt('u1') });
+  await flush();
+  same.sock.open();
+  assert.equal(same.sock.sent[0].since, 2);
+  same.client.close();
+
+  // Another user in the same tab starts afresh: u1's position in the
+  // stream would skip u2's older messages without a gap.
+  const other = start({ storage, tokenProvider: async () => jwt('bö-2') });
+  await flush();
+  other.sock.open();
+  assert.deepEqual(other.sock.sent[0], { type: 'auth', token: jwt('bö-2'), ring: 'ring-1' });
+  assert.deepEqual(other.client.cursor, { epoch: '', seq: 0 });
+  other.client.close();
 });
 
 test('an unreadable stored cursor, no storage, or a storage that throws: start fresh and keep working', async () => {
