@@ -84,6 +84,12 @@ type Config struct {
 	// for it plus 2s after a ring change, doorbells for a user whose owner
 	// changed ring both owners. If zero, 5s.
 	MoveWindow time.Duration
+	// ConnectHold bounds how long /v1/connect?unreachable=<owner> waits for
+	// the ring to name another owner (or for the owner to answer its
+	// liveness probe). It must stay below the clients' /v1/connect timeout
+	// (10s in both clients). If zero, 8s: a crashed gateway's 6s TTL, the
+	// watcher's debounce and a probe fit in it.
+	ConnectHold time.Duration
 
 	// Registry is where the metrics are registered and what /metrics
 	// serves. If nil, a new one with the Go and process collectors.
@@ -102,6 +108,7 @@ const (
 	DefaultEpochRefresh            = 10 * time.Second
 	DefaultStaleAfter              = 5 * time.Minute
 	DefaultMoveWindow              = 5 * time.Second
+	DefaultConnectHold             = 8 * time.Second
 )
 
 // msgHeaderRoom is what the log's headers add to a message: Nats-Msg-Id (a
@@ -152,13 +159,16 @@ func (c *Config) fill() error {
 	if c.MoveWindow == 0 {
 		c.MoveWindow = DefaultMoveWindow
 	}
+	if c.ConnectHold == 0 {
+		c.ConnectHold = DefaultConnectHold
+	}
 	switch {
 	case c.RateLimit < 0 || c.RateBurst < 0:
 		return fmt.Errorf("dispatcher: negative rate limit %v or burst %d", c.RateLimit, c.RateBurst)
 	case c.MaxPayload < 0 || c.MaxBatch < 0:
 		return fmt.Errorf("dispatcher: negative MaxPayload %d or MaxBatch %d", c.MaxPayload, c.MaxBatch)
-	case c.MaxWait < 0 || c.EpochRefresh < 0 || c.StaleAfter < 0:
-		return errors.New("dispatcher: negative MaxWait, EpochRefresh or StaleAfter")
+	case c.MaxWait < 0 || c.EpochRefresh < 0 || c.StaleAfter < 0 || c.ConnectHold < 0:
+		return errors.New("dispatcher: negative MaxWait, EpochRefresh, StaleAfter or ConnectHold")
 	}
 	if c.Log.MaxMsgSize == 0 {
 		c.Log.MaxMsgSize = int32(min(c.MaxPayload+msgHeaderRoom, 1<<30))

@@ -74,6 +74,70 @@ func TestConnect(t *testing.T) {
 	}
 }
 
+// TestConnectHold: /v1/connect?unreachable=<owner> answers at once while
+// the owner answers its liveness probe, and otherwise holds the request
+// until the ring names another owner; without the hint the answer is the
+// ring's owner, dead or not.
+func TestConnectHold(t *testing.T) {
+	e := newEnv(t)
+	a := e.gateway("gw-a", gatewayOpts{})
+	e.gateway("gw-b", gatewayOpts{})
+	td := e.dispatcher()
+	td.waitRing("gw-a", "gw-b")
+	user := td.ownedBy("gw-a")
+	auth := []string{"Authorization", "Bearer " + mustToken(t, testSecret, user, time.Hour)}
+	connect := func(query string) string {
+		r := td.do("POST", "/v1/connect"+query, "", auth...)
+		if r.status != http.StatusOK {
+			t.Errorf("connect%s: %d %s", query, r.status, r.body)
+			return ""
+		}
+		return decodeAs[struct {
+			Gateway string `json:"gateway"`
+			URL     string `json:"url"`
+			Ring    string `json:"ring"`
+		}](t, r).Gateway
+	}
+
+	// The owner is alive: only this client cannot reach it.
+	if got := connect("?unreachable=gw-a"); got != "gw-a" {
+		t.Fatalf("with gw-a alive: %s, want gw-a", got)
+	}
+	if got := td.metric("herald_connect_holds_total", "outcome", "alive"); got != 1 {
+		t.Fatalf("holds ended by a live owner: %v, want 1", got)
+	}
+	if got := connect("?unreachable=gw-b"); got != "gw-a" {
+		t.Fatalf("naming a gateway that is not the owner: %s, want gw-a at once", got)
+	}
+
+	// gw-a's process dies; Consul still lists it as passing.
+	a.nc.Close()
+	held := make(chan string, 1)
+	go func() { held <- connect("?unreachable=gw-a") }()
+	waitFor(t, 5*time.Second, "the connect to be held", func() bool { return td.metric("herald_connect_held") == 1 })
+	if got := connect(""); got != "gw-a" {
+		t.Fatalf("without the hint: %s, want the ring's owner gw-a", got)
+	}
+	select {
+	case got := <-held:
+		t.Fatalf("the held connect answered %s while the ring still names gw-a", got)
+	default:
+	}
+	a.healthy.Store(false) // its check fails: the ring drops it (the probe finds nobody)
+	td.waitRing("gw-b")
+	select {
+	case got := <-held:
+		if got != "gw-b" {
+			t.Fatalf("held connect: %s, want the new owner gw-b", got)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the held connect did not answer after the ring changed")
+	}
+	if got := td.metric("herald_connect_holds_total", "outcome", "moved"); got != 1 {
+		t.Fatalf("holds ended by a ring change: %v, want 1", got)
+	}
+}
+
 // TestCluster: /v1/cluster lists the ring's members with the socket counts
 // their stats replies give, nulls for a member that does not answer, and
 // "held" for a member that fails its check while alive.

@@ -41,6 +41,8 @@ type Dispatcher struct {
 	rings   atomic.Pointer[rings] // the current ring and, in a grace window, the previous
 	running atomic.Bool
 	flight  inflight
+	probe   consul.Probe  // liveness over NATS, for /v1/connect's hold
+	closing chan struct{} // closed when shutdown begins: holds answer at once
 }
 
 // apiKey is an accepted API key, kept only as its hash (compared in
@@ -91,7 +93,9 @@ func New(cfg Config) (*Dispatcher, error) {
 
 	wc := cfg.Watch
 	wc.Client = cfg.Consul
-	wc.Probe = wire.LivenessProbe(cfg.NATS)
+	d.probe = wire.LivenessProbe(cfg.NATS)
+	d.closing = make(chan struct{})
+	wc.Probe = d.probe
 	wc.Logger = cfg.Logger.With("component", "watcher")
 	if d.watcher, err = consul.NewWatcher(wc); err != nil {
 		return nil, fmt.Errorf("dispatcher: %w", err)
@@ -168,6 +172,7 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 func (d *Dispatcher) shutdown(srv *http.Server, cancelRequests context.CancelFunc) {
 	ctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
 	defer cancel()
+	close(d.closing)
 	if err := srv.Shutdown(ctx); err != nil {
 		d.log.Warn("requests still running after the grace period; cancelling them", "grace", shutdownGrace)
 		cancelRequests()

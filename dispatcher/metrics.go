@@ -17,6 +17,8 @@ type metrics struct {
 	doorbells      *prometheus.CounterVec // by result: sent, failed
 	waits          *prometheus.CounterVec // by outcome: delivered, offline, timeout
 	graceDoorbells prometheus.Counter
+	connectHolds   *prometheus.CounterVec
+	connectHeld    prometheus.Gauge
 	broadcasts     *prometheus.CounterVec // by result: sent, failed
 	rateLimited    prometheus.Counter
 	requests       *prometheus.CounterVec   // by route and code
@@ -46,6 +48,14 @@ func newMetrics(d *Dispatcher, reg *prometheus.Registry) (*metrics, error) {
 		graceDoorbells: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "herald_grace_doorbells_total",
 			Help: "Notifications rung on both the previous and the new owner, in the grace window after a ring change.",
+		}),
+		connectHolds: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "herald_connect_holds_total",
+			Help: "/v1/connect requests held because the client could not reach the owner, by how the hold ended: moved (the ring named another owner), alive (the owner answered its probe), timeout, closing.",
+		}, []string{"outcome"}),
+		connectHeld: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "herald_connect_held",
+			Help: "/v1/connect requests being held now.",
 		}),
 		broadcasts: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "herald_broadcasts_total",
@@ -80,7 +90,7 @@ func newMetrics(d *Dispatcher, reg *prometheus.Registry) (*metrics, error) {
 		return 0
 	}
 	cs := []prometheus.Collector{
-		m.notifications, m.duplicates, m.doorbells, m.waits, m.graceDoorbells, m.broadcasts, m.rateLimited, m.requests, m.latency,
+		m.notifications, m.duplicates, m.doorbells, m.waits, m.graceDoorbells, m.connectHolds, m.connectHeld, m.broadcasts, m.rateLimited, m.requests, m.latency,
 		prometheus.NewCounterFunc(prometheus.CounterOpts{
 			Name: "herald_append_conflicts_total",
 			Help: "Appends that found another message at the user's head (another writer, or a stale cached head).",

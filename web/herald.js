@@ -149,6 +149,12 @@ export function connect(options = {}) {
   let stopped = false;
   let token = '';
   let next = ''; // URL to dial without asking the dispatcher (after a move)
+  // The gateway the last socket ended on without a close frame (it could
+  // not be opened, or dropped): named in the next /v1/connect, which the
+  // dispatcher then holds until its ring names another owner, or that
+  // gateway answers its liveness probe. A device whose gateway crashed so
+  // lands on the new owner as soon as the ring converges.
+  let unreachable = '';
   let attempt = 0; // backoffs since the last stable connection
   let lastMove = null; // now() of the last 4001
   let current = null; // the open session: {ws, finish}
@@ -201,6 +207,7 @@ export function connect(options = {}) {
     while (!stopped) {
       let url = next;
       let ring = ''; // a moved URL comes from a gateway, not a ring we know
+      let gateway = '';
       next = '';
       if (!url) {
         const r = await resolve();
@@ -210,10 +217,11 @@ export function connect(options = {}) {
           await backoff({ code: r.status || 0, reason: r.reason });
           continue;
         }
-        ({ url, ring } = r);
+        ({ url, ring, gateway } = r);
       }
       const out = await session(url, ring);
       if (stopped) return;
+      unreachable = out.code === 0 || out.code === 1006 ? out.gateway || gateway : '';
       if (out.stable) attempt = 0;
       await afterSocket(out);
     }
@@ -327,7 +335,8 @@ export function connect(options = {}) {
       return { status, reason };
     };
     try {
-      const res = await fetchFn(`${base}/v1/connect`, {
+      const query = unreachable ? `?unreachable=${encodeURIComponent(unreachable)}` : '';
+      const res = await fetchFn(`${base}/v1/connect${query}`, {
         method: 'POST',
         headers: { Authorization: `Bearer ${token}` },
         cache: 'no-store',

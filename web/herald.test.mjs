@@ -658,6 +658,9 @@ for (const code of [1012, 1013, 4002, 4008, 1006, 1011]) {
     assert.equal(h.calls.length, 1, 'not before the delay');
     await h.clock.advance(1);
     assert.equal(h.calls.length, 2, 'through the dispatcher');
+    // Without a close frame (1006) the gateway may be dead: the dispatcher
+    // is told, so it can hold the answer until the ring changes.
+    assert.equal(h.calls[1].url, `http://dispatcher:8080/v1/connect${code === 1006 ? '?unreachable=gw-1' : ''}`);
     assert.equal(h.sockets.length, 2);
     assert.equal(h.tokens, 1, 'the same token');
     assert.equal(h.client.stats.reconnects, 1);
@@ -673,6 +676,7 @@ test('a socket that never opens: backoff and retry', async () => {
   await h.clock.advance(250);
   assert.equal(h.sockets.length, 2);
   assert.equal(h.client.stats.dialFailures, 1);
+  assert.deepEqual(h.calls.map(c => c.url), ['http://dispatcher:8080/v1/connect', 'http://dispatcher:8080/v1/connect?unreachable=gw-1']);
   h.client.close();
 });
 

@@ -1,6 +1,7 @@
 package client
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -268,11 +269,15 @@ func (c *Client) Run(ctx context.Context) error {
 
 // run is the state of one Run, owned by its goroutine.
 type run struct {
-	c        *Client
-	token    string
-	next     string    // URL to dial without asking the dispatcher; "" to ask
-	attempt  int       // backoffs since the last stable connection
-	lastMove time.Time // when the last 4001 came
+	c     *Client
+	token string
+	next  string // URL to dial without asking the dispatcher; "" to ask
+	// unreachable is the gateway the last socket ended on without a close
+	// frame (a failed dial, a dropped or dead socket), named in the next
+	// /v1/connect; "" otherwise.
+	unreachable string
+	attempt     int       // backoffs since the last stable connection
+	lastMove    time.Time // when the last 4001 came
 }
 
 func (r *run) loop(ctx context.Context) error {
@@ -280,11 +285,11 @@ func (r *run) loop(ctx context.Context) error {
 		return err
 	}
 	for {
-		url, ring := r.next, ""
+		rt := route{URL: r.next}
 		r.next = ""
-		if url == "" {
+		if rt.URL == "" {
 			var err error
-			if url, ring, err = r.resolve(ctx); err != nil {
+			if rt, err = r.resolve(ctx, r.unreachable); err != nil {
 				if errors.Is(err, ErrUnauthorized) || ctx.Err() != nil {
 					return err
 				}
@@ -292,9 +297,13 @@ func (r *run) loop(ctx context.Context) error {
 				continue
 			}
 		}
-		out := r.c.session(ctx, url, ring, r.token, r.attempt)
+		out := r.c.session(ctx, rt.URL, rt.Ring, r.token, r.attempt)
 		if ctx.Err() != nil {
 			return nil
+		}
+		r.unreachable = ""
+		if out.code == 0 {
+			r.unreachable = cmp.Or(out.gateway, rt.Gateway)
 		}
 		if out.stable {
 			r.attempt = 0

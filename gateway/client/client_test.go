@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"slices"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -192,6 +193,25 @@ func TestUnknownFrameTypesSkipped(t *testing.T) {
 	}
 	if st := h.c.Stats(); st.IgnoredFrames != 1 || st.BadFrames != 0 || st.Reconnects != 0 || gw.count() != 1 {
 		t.Errorf("stats %+v with %d sockets, want 1 ignored frame, no bad frame, one socket", st, gw.count())
+	}
+}
+
+// A gateway that cannot be dialled is named in the next /v1/connect.
+func TestDialFailureNamesTheGateway(t *testing.T) {
+	gw := newGateway(t, "gw-a", func(s *socket) { s.hello("e1", 0) })
+	dead := httptest.NewServer(http.NotFoundHandler())
+	deadURL := "ws" + strings.TrimPrefix(dead.URL, "http") + "/ws"
+	dead.Close() // nothing listens there now
+	d := newDispatcher(t, func(n int) (int, any) {
+		if n == 0 {
+			return http.StatusOK, route{Gateway: "gw-dead", URL: deadURL, Ring: "ring-1"}
+		}
+		return routeTo(gw)(n)
+	})
+	h := start(t, Config{Dispatcher: d.url}, nil)
+	waitFor(t, waitLong, "a connection to gw-a", func() bool { return h.rec.connected() == 1 })
+	if q0, q1 := d.queryOf(0), d.queryOf(1); q0 != "" || q1 != "unreachable=gw-dead" {
+		t.Fatalf("/v1/connect queries %q, %q; want none, then unreachable=gw-dead", q0, q1)
 	}
 }
 
@@ -496,6 +516,11 @@ func TestOtherClosesBackOff(t *testing.T) {
 			}
 			if len(d.calls()) != 2 {
 				t.Errorf("%d dispatcher calls, want 2 (reconnects ask the dispatcher)", len(d.calls()))
+			}
+			// Without a close frame the gateway may be dead: the dispatcher
+			// is told, so it can hold the answer until the ring changes.
+			if q, want := d.queryOf(1), map[bool]string{true: "unreachable=gw-a", false: ""}[tc.code == 0]; q != want {
+				t.Errorf("second /v1/connect query %q, want %q", q, want)
 			}
 			if au := gw.socket(1).auth; au.Since != 1 || au.Epoch != "e1" {
 				t.Errorf("resume auth since %d epoch %q, want 1 e1", au.Since, au.Epoch)

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 )
 
 // maxResponseBytes bounds what the client reads of a dispatcher's answer.
@@ -23,39 +24,48 @@ type route struct {
 // resolve asks where the socket goes. A 401 gets one fresh token and one
 // more try; a second 401 is ErrUnauthorized. Without a dispatcher the
 // answer is always Config.URL.
-func (r *run) resolve(ctx context.Context) (url, ring string, err error) {
+//
+// unreachable is the gateway the last socket could not reach ("" if none):
+// the dispatcher then holds the answer until its ring names another owner,
+// or that gateway answers its liveness probe, so a device whose gateway
+// crashed lands on the new owner as soon as the ring converges.
+func (r *run) resolve(ctx context.Context, unreachable string) (rt route, err error) {
 	if r.c.cfg.Dispatcher == "" {
-		return r.c.cfg.URL, "", nil
+		return route{URL: r.c.cfg.URL}, nil
 	}
 	for refreshed := false; ; refreshed = true {
-		rt, status, err := r.c.askDispatcher(ctx, r.token)
+		rt, status, err := r.c.askDispatcher(ctx, r.token, unreachable)
 		if status != http.StatusUnauthorized {
-			return rt.URL, rt.Ring, err
+			return rt, err
 		}
 		if refreshed {
 			r.c.log.Warn("dispatcher refused a fresh token; stopping", "err", err)
-			return "", "", fmt.Errorf("%w: %v", ErrUnauthorized, err)
+			return route{}, fmt.Errorf("%w: %v", ErrUnauthorized, err)
 		}
 		r.c.log.Info("dispatcher refused the token; getting a new one", "err", err)
 		if err := r.fetchToken(ctx); err != nil {
-			return "", "", err
+			return route{}, err
 		}
 	}
 }
 
 // askDispatcher makes one POST /v1/connect. It returns the HTTP status (0
 // if there was no answer) so the caller can tell a 401 from the rest.
-func (c *Client) askDispatcher(ctx context.Context, token string) (route, int, error) {
+func (c *Client) askDispatcher(ctx context.Context, token, unreachable string) (route, int, error) {
 	c.count(func(st *Stats) { st.Resolves++ })
-	rt, status, err := c.postConnect(ctx, token)
+	rt, status, err := c.postConnect(ctx, token, unreachable)
 	if err != nil {
 		c.count(func(st *Stats) { st.ResolveFailures++ })
 	}
 	return rt, status, err
 }
 
-func (c *Client) postConnect(ctx context.Context, token string) (route, int, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.cfg.Dispatcher+"/v1/connect", nil)
+func (c *Client) postConnect(ctx context.Context, token, unreachable string) (route, int, error) {
+	u := c.cfg.Dispatcher + "/v1/connect"
+	if unreachable != "" {
+		u += "?unreachable=" + url.QueryEscape(unreachable)
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u, nil)
 	if err != nil {
 		return route{}, 0, err
 	}

@@ -241,10 +241,11 @@ func (s *socket) hold(d time.Duration) {
 // dispatcher is a fake dispatcher serving POST /v1/connect. answer gets the
 // 0-based index of the call and returns a status and a JSON body.
 type dispatcher struct {
-	url    string
-	answer func(n int) (int, any)
-	mu     sync.Mutex // guards auths
-	auths  []string   // Authorization headers, in order
+	url     string
+	answer  func(n int) (int, any)
+	mu      sync.Mutex // guards auths and queries
+	auths   []string   // Authorization headers, in order
+	queries []string   // URL queries, in order
 }
 
 func newDispatcher(tb testing.TB, answer func(n int) (int, any)) *dispatcher {
@@ -259,6 +260,7 @@ func newDispatcher(tb testing.TB, answer func(n int) (int, any)) *dispatcher {
 		d.mu.Lock()
 		n := len(d.auths)
 		d.auths = append(d.auths, r.Header.Get("Authorization"))
+		d.queries = append(d.queries, r.URL.RawQuery)
 		d.mu.Unlock()
 		status, body := d.answer(n)
 		w.Header().Set("Content-Type", "application/json")
@@ -268,6 +270,13 @@ func newDispatcher(tb testing.TB, answer func(n int) (int, any)) *dispatcher {
 	d.url = srv.URL
 	tb.Cleanup(srv.Close)
 	return d
+}
+
+// queryOf returns the query of call n.
+func (d *dispatcher) queryOf(n int) string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.queries[n]
 }
 
 func (d *dispatcher) calls() []string {
