@@ -11,7 +11,11 @@
 // and gap frames set the cursor; notifications at or below it are dropped as
 // duplicates (a safety net: gateways do not send them twice). How a socket
 // ended decides what comes next: the moved URL at once (4001), a new token
-// (4004), stop (4003), or full-jitter backoff and /v1/connect again.
+// (4004), stop (4003), or full-jitter backoff and /v1/connect again. A
+// socket that ended without a close frame (a failed dial, a drop, silence)
+// names its gateway in that /v1/connect (?unreachable=<id>): if the gateway
+// is dead but still in the ring, the dispatcher holds the answer until the
+// ring names the new owner, instead of sending the client back to it.
 //
 // # Concurrency
 //
