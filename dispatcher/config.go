@@ -87,8 +87,9 @@ type Config struct {
 	// ConnectHold bounds how long /v1/connect?unreachable=<owner> waits for
 	// the ring to name another owner (or for the owner to answer its
 	// liveness probe). It must stay below the clients' /v1/connect timeout
-	// (10s in both clients). If zero, 8s: a crashed gateway's 6s TTL, the
-	// watcher's debounce and a probe fit in it.
+	// (10s in both clients), so at most 9s. If zero, 8s: a crashed
+	// gateway's 6s TTL, the watcher's debounce and a probe fit in it. If
+	// negative, nothing is held.
 	ConnectHold time.Duration
 
 	// Registry is where the metrics are registered and what /metrics
@@ -109,6 +110,7 @@ const (
 	DefaultStaleAfter              = 5 * time.Minute
 	DefaultMoveWindow              = 5 * time.Second
 	DefaultConnectHold             = 8 * time.Second
+	MaxConnectHold                 = 9 * time.Second
 )
 
 // msgHeaderRoom is what the log's headers add to a message: Nats-Msg-Id (a
@@ -167,8 +169,10 @@ func (c *Config) fill() error {
 		return fmt.Errorf("dispatcher: negative rate limit %v or burst %d", c.RateLimit, c.RateBurst)
 	case c.MaxPayload < 0 || c.MaxBatch < 0:
 		return fmt.Errorf("dispatcher: negative MaxPayload %d or MaxBatch %d", c.MaxPayload, c.MaxBatch)
-	case c.MaxWait < 0 || c.EpochRefresh < 0 || c.StaleAfter < 0 || c.ConnectHold < 0:
-		return errors.New("dispatcher: negative MaxWait, EpochRefresh, StaleAfter or ConnectHold")
+	case c.MaxWait < 0 || c.EpochRefresh < 0 || c.StaleAfter < 0:
+		return errors.New("dispatcher: negative MaxWait, EpochRefresh or StaleAfter")
+	case c.ConnectHold > MaxConnectHold:
+		return fmt.Errorf("dispatcher: ConnectHold %v is over %v: clients give up on /v1/connect after 10s", c.ConnectHold, MaxConnectHold)
 	}
 	if c.Log.MaxMsgSize == 0 {
 		c.Log.MaxMsgSize = int32(min(c.MaxPayload+msgHeaderRoom, 1<<30))

@@ -83,10 +83,15 @@ func TestConnectHold(t *testing.T) {
 	a := e.gateway("gw-a", gatewayOpts{})
 	e.gateway("gw-b", gatewayOpts{})
 	td := e.dispatcher()
-	td.waitRing("gw-a", "gw-b")
+	short := e.dispatcher(func(c *Config) { c.ConnectHold = time.Second })
+	closing := e.dispatcher()
+	off := e.dispatcher(func(c *Config) { c.ConnectHold = -1 })
+	for _, d := range []*testDispatcher{td, short, closing, off} {
+		d.waitRing("gw-a", "gw-b")
+	}
 	user := td.ownedBy("gw-a")
 	auth := []string{"Authorization", "Bearer " + mustToken(t, testSecret, user, time.Hour)}
-	connect := func(query string) string {
+	connectTo := func(td *testDispatcher, query string) string {
 		r := td.do("POST", "/v1/connect"+query, "", auth...)
 		if r.status != http.StatusOK {
 			t.Errorf("connect%s: %d %s", query, r.status, r.body)
@@ -98,6 +103,7 @@ func TestConnectHold(t *testing.T) {
 			Ring    string `json:"ring"`
 		}](t, r).Gateway
 	}
+	connect := func(query string) string { return connectTo(td, query) }
 
 	// The owner is alive: only this client cannot reach it.
 	if got := connect("?unreachable=gw-a"); got != "gw-a" {
@@ -112,6 +118,25 @@ func TestConnectHold(t *testing.T) {
 
 	// gw-a's process dies; Consul still lists it as passing.
 	a.nc.Close()
+
+	// Held no longer than ConnectHold, not at all when it is negative, and
+	// answered at once when the dispatcher shuts down.
+	if got := connectTo(short, "?unreachable=gw-a"); got != "gw-a" || short.metric("herald_connect_holds_total", "outcome", "timeout") != 1 {
+		t.Fatalf("after ConnectHold: %s and %v timeouts, want gw-a and 1", got, short.metric("herald_connect_holds_total", "outcome", "timeout"))
+	}
+	if got := connectTo(off, "?unreachable=gw-a"); got != "gw-a" || off.metric("herald_connect_held") != 0 {
+		t.Fatalf("with the hold off: %s", got)
+	}
+	closed := make(chan string, 1)
+	go func() { closed <- connectTo(closing, "?unreachable=gw-a") }()
+	waitFor(t, 5*time.Second, "a connect held by the closing dispatcher", func() bool { return closing.metric("herald_connect_held") == 1 })
+	if err := closing.stop(); err != nil {
+		t.Fatal(err)
+	}
+	if got := <-closed; got != "gw-a" || closing.metric("herald_connect_holds_total", "outcome", "closing") != 1 {
+		t.Fatalf("held while the dispatcher stopped: %q, want gw-a answered on closing", got)
+	}
+
 	held := make(chan string, 1)
 	go func() { held <- connect("?unreachable=gw-a") }()
 	waitFor(t, 5*time.Second, "the connect to be held", func() bool { return td.metric("herald_connect_held") == 1 })

@@ -41,7 +41,8 @@ type Dispatcher struct {
 	rings   atomic.Pointer[rings] // the current ring and, in a grace window, the previous
 	running atomic.Bool
 	flight  inflight
-	probe   consul.Probe  // liveness over NATS, for /v1/connect's hold
+	probes  probes        // liveness over NATS, shared by /v1/connect's holds
+	held    atomic.Int64  // /v1/connect requests being held
 	closing chan struct{} // closed when shutdown begins: holds answer at once
 }
 
@@ -93,9 +94,9 @@ func New(cfg Config) (*Dispatcher, error) {
 
 	wc := cfg.Watch
 	wc.Client = cfg.Consul
-	d.probe = wire.LivenessProbe(cfg.NATS)
+	wc.Probe = wire.LivenessProbe(cfg.NATS)
+	d.probes = probes{probe: wc.Probe, last: map[string]*probeResult{}}
 	d.closing = make(chan struct{})
-	wc.Probe = d.probe
 	wc.Logger = cfg.Logger.With("component", "watcher")
 	if d.watcher, err = consul.NewWatcher(wc); err != nil {
 		return nil, fmt.Errorf("dispatcher: %w", err)

@@ -806,7 +806,14 @@ test('a socket with no frame for 2×pingInterval is dropped and reconnected with
   await h.clock.advance(250);
   assert.equal(h.sockets.length, 2);
   assert.equal(h.calls.length, 2);
+  assert.equal(h.calls[1].url, 'http://dispatcher:8080/v1/connect?unreachable=gw-1', 'a silent gateway may be dead');
   assert.deepEqual(h.seqs(), []);
+  // The hint is for the next /v1/connect only: after a close frame, none.
+  await h.connected();
+  await h.serverClose(1012);
+  await h.clock.advance(h.lastStatus().delay);
+  assert.equal(h.calls.length, 3);
+  assert.equal(h.calls[2].url, 'http://dispatcher:8080/v1/connect');
   h.client.close();
 });
 

@@ -31,7 +31,7 @@ func runDispatcher(ctx context.Context, args []string) error {
 	fs.IntVar(&d.MaxPayload, "max-payload", 0, "largest notification data in bytes (default 65536)")
 	fs.IntVar(&d.MaxBatch, "max-batch", 0, "notifications per batch request (default 100)")
 	fs.DurationVar(&d.MoveWindow, "move-window", 0, "the gateways' move window: after a ring change, both owners of a moved user are rung for it plus 2s (default 5s)")
-	fs.DurationVar(&d.ConnectHold, "connect-hold", 0, "how long /v1/connect?unreachable=<owner> waits for the ring to name another owner; below the clients' 10s connect timeout (default 8s)")
+	fs.DurationVar(&d.ConnectHold, "connect-hold", 0, "how long /v1/connect?unreachable=<owner> waits for the ring to name another owner; at most 9s (clients give up after 10s), negative: never (default 8s)")
 	if err := parse(fs, args); err != nil {
 		return err
 	}

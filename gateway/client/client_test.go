@@ -196,12 +196,23 @@ func TestUnknownFrameTypesSkipped(t *testing.T) {
 	}
 }
 
-// A gateway that cannot be dialled is named in the next /v1/connect.
+// A gateway that cannot be dialled is named in the next /v1/connect, and
+// only in that one: a socket that then ends with a close frame names none.
 func TestDialFailureNamesTheGateway(t *testing.T) {
-	gw := newGateway(t, "gw-a", func(s *socket) { s.hello("e1", 0) })
-	dead := httptest.NewServer(http.NotFoundHandler())
+	gw := newGateway(t, "gw-a", func(s *socket) {
+		s.hello("e1", 0)
+		if s.n == 0 {
+			s.close(wire.CloseServiceRestart)
+		}
+	})
+	// The handshake fails: the connection is dropped without an answer.
+	dead := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if c, _, err := w.(http.Hijacker).Hijack(); err == nil {
+			c.Close()
+		}
+	}))
+	t.Cleanup(dead.Close)
 	deadURL := "ws" + strings.TrimPrefix(dead.URL, "http") + "/ws"
-	dead.Close() // nothing listens there now
 	d := newDispatcher(t, func(n int) (int, any) {
 		if n == 0 {
 			return http.StatusOK, route{Gateway: "gw-dead", URL: deadURL, Ring: "ring-1"}
@@ -209,9 +220,9 @@ func TestDialFailureNamesTheGateway(t *testing.T) {
 		return routeTo(gw)(n)
 	})
 	h := start(t, Config{Dispatcher: d.url}, nil)
-	waitFor(t, waitLong, "a connection to gw-a", func() bool { return h.rec.connected() == 1 })
-	if q0, q1 := d.queryOf(0), d.queryOf(1); q0 != "" || q1 != "unreachable=gw-dead" {
-		t.Fatalf("/v1/connect queries %q, %q; want none, then unreachable=gw-dead", q0, q1)
+	waitFor(t, waitLong, "two connections to gw-a", func() bool { return h.rec.connected() == 2 })
+	if got, want := []string{d.queryOf(0), d.queryOf(1), d.queryOf(2)}, []string{"", "unreachable=gw-dead", ""}; !slices.Equal(got, want) {
+		t.Fatalf("/v1/connect queries %q, want %q", got, want)
 	}
 }
 

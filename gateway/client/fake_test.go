@@ -272,10 +272,13 @@ func newDispatcher(tb testing.TB, answer func(n int) (int, any)) *dispatcher {
 	return d
 }
 
-// queryOf returns the query of call n.
+// queryOf returns the query of call n; "<none>" if there was no call n.
 func (d *dispatcher) queryOf(n int) string {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if n >= len(d.queries) {
+		return "<none>"
+	}
 	return d.queries[n]
 }
 
