@@ -51,7 +51,7 @@ func newMetrics(d *Dispatcher, reg *prometheus.Registry) (*metrics, error) {
 		}),
 		connectHolds: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "herald_connect_holds_total",
-			Help: "/v1/connect requests held because the client could not reach the owner, by how the hold ended: moved (the ring named another owner), alive (the owner answered its probe), timeout, closing.",
+			Help: "/v1/connect requests held because the client could not reach the owner, by how the hold ended: moved (the ring named another owner), alive (the owner answered its probe), unknown (no NATS to probe with), timeout, gone (the client left), closing (shutdown), full (too many held; answered at once).",
 		}, []string{"outcome"}),
 		connectHeld: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "herald_connect_held",
