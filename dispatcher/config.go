@@ -1,6 +1,7 @@
 package dispatcher
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -137,33 +138,15 @@ func (c *Config) fill() error {
 			return fmt.Errorf("dispatcher: API key %d is empty", i+1)
 		}
 	}
-	if c.RateLimit == 0 {
-		c.RateLimit = DefaultRateLimit
-	}
-	if c.RateBurst == 0 {
-		c.RateBurst = DefaultRateBurst
-	}
-	if c.MaxPayload == 0 {
-		c.MaxPayload = DefaultMaxPayload
-	}
-	if c.MaxBatch == 0 {
-		c.MaxBatch = DefaultMaxBatch
-	}
-	if c.MaxWait == 0 {
-		c.MaxWait = DefaultMaxWait
-	}
-	if c.EpochRefresh == 0 {
-		c.EpochRefresh = DefaultEpochRefresh
-	}
-	if c.StaleAfter == 0 {
-		c.StaleAfter = DefaultStaleAfter
-	}
-	if c.MoveWindow == 0 {
-		c.MoveWindow = DefaultMoveWindow
-	}
-	if c.ConnectHold == 0 {
-		c.ConnectHold = DefaultConnectHold
-	}
+	c.RateLimit = cmp.Or(c.RateLimit, DefaultRateLimit)
+	c.RateBurst = cmp.Or(c.RateBurst, DefaultRateBurst)
+	c.MaxPayload = cmp.Or(c.MaxPayload, DefaultMaxPayload)
+	c.MaxBatch = cmp.Or(c.MaxBatch, DefaultMaxBatch)
+	c.MaxWait = cmp.Or(c.MaxWait, DefaultMaxWait)
+	c.EpochRefresh = cmp.Or(c.EpochRefresh, DefaultEpochRefresh)
+	c.StaleAfter = cmp.Or(c.StaleAfter, DefaultStaleAfter)
+	c.MoveWindow = cmp.Or(c.MoveWindow, DefaultMoveWindow)
+	c.ConnectHold = cmp.Or(c.ConnectHold, DefaultConnectHold)
 	switch {
 	case c.RateLimit < 0 || c.RateBurst < 0:
 		return fmt.Errorf("dispatcher: negative rate limit %v or burst %d", c.RateLimit, c.RateBurst)

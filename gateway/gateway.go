@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -128,9 +129,7 @@ func (c *Config) fill() error {
 	case c.Listener == nil && c.Addr == "":
 		return errors.New("gateway: no listener or address")
 	}
-	if c.Weight == 0 {
-		c.Weight = 1
-	}
+	c.Weight = cmp.Or(c.Weight, 1)
 	for name, v := range map[string]int64{
 		"TTL": int64(c.TTL), "AuthTimeout": int64(c.AuthTimeout), "WriteTimeout": int64(c.WriteTimeout),
 		"PingInterval": int64(c.PingInterval), "AntiEntropy": int64(c.AntiEntropy), "MoveWindow": int64(c.MoveWindow),
@@ -142,34 +141,22 @@ func (c *Config) fill() error {
 			return fmt.Errorf("gateway: %s is negative", name)
 		}
 	}
-	def := func(d *time.Duration, v time.Duration) {
-		if *d == 0 {
-			*d = v
-		}
-	}
-	def(&c.TTL, 6*time.Second)
-	def(&c.AuthTimeout, 5*time.Second)
-	def(&c.WriteTimeout, 10*time.Second)
-	def(&c.PingInterval, 30*time.Second)
-	def(&c.AntiEntropy, 10*time.Second)
-	def(&c.MoveWindow, 5*time.Second)
-	def(&c.DrainConverge, 2*time.Second)
-	def(&c.DrainTimeout, 30*time.Second)
-	defInt := func(d *int, v int) {
-		if *d == 0 {
-			*d = v
-		}
-	}
-	defInt(&c.MaxSocketsPerUser, 8)
-	defInt(&c.MaxSockets, 19_000)
-	defInt(&c.BufferSize, 64)
-	defInt(&c.BufferBytes, 256<<10)
-	defInt(&c.ReadBatch, 100)
-	defInt(&c.MaxReplays, 64)
-	defInt(&c.MovesPerSecond, 1000)
-	if c.MaxFrameBytes == 0 {
-		c.MaxFrameBytes = 4 << 10
-	}
+	c.TTL = cmp.Or(c.TTL, 6*time.Second)
+	c.AuthTimeout = cmp.Or(c.AuthTimeout, 5*time.Second)
+	c.WriteTimeout = cmp.Or(c.WriteTimeout, 10*time.Second)
+	c.PingInterval = cmp.Or(c.PingInterval, 30*time.Second)
+	c.AntiEntropy = cmp.Or(c.AntiEntropy, 10*time.Second)
+	c.MoveWindow = cmp.Or(c.MoveWindow, 5*time.Second)
+	c.DrainConverge = cmp.Or(c.DrainConverge, 2*time.Second)
+	c.DrainTimeout = cmp.Or(c.DrainTimeout, 30*time.Second)
+	c.MaxSocketsPerUser = cmp.Or(c.MaxSocketsPerUser, 8)
+	c.MaxSockets = cmp.Or(c.MaxSockets, 19_000)
+	c.BufferSize = cmp.Or(c.BufferSize, 64)
+	c.BufferBytes = cmp.Or(c.BufferBytes, 256<<10)
+	c.ReadBatch = cmp.Or(c.ReadBatch, 100)
+	c.MaxReplays = cmp.Or(c.MaxReplays, 64)
+	c.MovesPerSecond = cmp.Or(c.MovesPerSecond, 1000)
+	c.MaxFrameBytes = cmp.Or(c.MaxFrameBytes, 4<<10)
 	if c.Registry == nil {
 		c.Registry = prometheus.NewRegistry()
 	}

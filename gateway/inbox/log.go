@@ -18,6 +18,7 @@
 package inbox
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -60,33 +61,15 @@ type Config struct {
 }
 
 func (c *Config) fill() {
-	if c.Stream == "" {
-		c.Stream = "HERALD_INBOX"
-	}
-	if c.MaxMsgsPerUser == 0 {
-		c.MaxMsgsPerUser = 100
-	}
-	if c.MaxAge == 0 {
-		c.MaxAge = 7 * 24 * time.Hour
-	}
-	if c.MaxBytes == 0 {
-		c.MaxBytes = -1
-	}
-	if c.MaxMsgSize == 0 {
-		c.MaxMsgSize = 68 << 10
-	}
-	if c.Replicas == 0 {
-		c.Replicas = 1
-	}
-	if c.Duplicates == 0 {
-		c.Duplicates = 2 * time.Minute
-	}
-	if c.AppendTimeout == 0 {
-		c.AppendTimeout = 2 * time.Second
-	}
-	if c.HeadCache == 0 {
-		c.HeadCache = 100_000
-	}
+	c.Stream = cmp.Or(c.Stream, "HERALD_INBOX")
+	c.MaxMsgsPerUser = cmp.Or(c.MaxMsgsPerUser, 100)
+	c.MaxAge = cmp.Or(c.MaxAge, 7*24*time.Hour)
+	c.MaxBytes = cmp.Or(c.MaxBytes, -1)
+	c.MaxMsgSize = cmp.Or(c.MaxMsgSize, 68<<10)
+	c.Replicas = cmp.Or(c.Replicas, 1)
+	c.Duplicates = cmp.Or(c.Duplicates, 2*time.Minute)
+	c.AppendTimeout = cmp.Or(c.AppendTimeout, 2*time.Second)
+	c.HeadCache = cmp.Or(c.HeadCache, 100_000)
 }
 
 // StreamConfig is the JetStream configuration of the log.

@@ -1,6 +1,7 @@
 package consul
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -103,9 +104,7 @@ func (c *RegisterConfig) fill() error {
 	if err := ring.ValidateID(c.ID); err != nil {
 		return fmt.Errorf("register: %w", err)
 	}
-	if c.Weight == 0 {
-		c.Weight = 1
-	}
+	c.Weight = cmp.Or(c.Weight, 1)
 	if err := ring.ValidateWeight(c.Weight); err != nil {
 		return fmt.Errorf("register: %w", err)
 	}
@@ -120,15 +119,11 @@ func (c *RegisterConfig) fill() error {
 		rand.Read(b)
 		c.Instance = hex.EncodeToString(b)
 	}
-	if c.TTL == 0 {
-		c.TTL = 6 * time.Second
-	}
+	c.TTL = cmp.Or(c.TTL, 6*time.Second)
 	if c.TTL < 300*time.Millisecond {
 		return fmt.Errorf("register: TTL %v is too short", c.TTL)
 	}
-	if c.DeregisterAfter == 0 {
-		c.DeregisterAfter = time.Minute
-	}
+	c.DeregisterAfter = cmp.Or(c.DeregisterAfter, time.Minute)
 	if c.Health == nil {
 		c.Health = func() error { return nil }
 	}

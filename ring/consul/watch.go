@@ -117,24 +117,12 @@ func NewWatcher(cfg WatchConfig) (*Watcher, error) {
 	if cfg.Service == "" {
 		cfg.Service = Service
 	}
-	if cfg.Hold == 0 {
-		cfg.Hold = 30 * time.Second
-	}
-	if cfg.Debounce == 0 {
-		cfg.Debounce = 200 * time.Millisecond
-	}
-	if cfg.ProbeInterval == 0 {
-		cfg.ProbeInterval = time.Second
-	}
-	if cfg.ProbeTimeout == 0 {
-		cfg.ProbeTimeout = time.Second
-	}
-	if cfg.QueryInterval == 0 {
-		cfg.QueryInterval = 500 * time.Millisecond
-	}
-	if cfg.WaitTime == 0 {
-		cfg.WaitTime = 5 * time.Minute
-	}
+	cfg.Hold = cmp.Or(cfg.Hold, 30*time.Second)
+	cfg.Debounce = cmp.Or(cfg.Debounce, 200*time.Millisecond)
+	cfg.ProbeInterval = cmp.Or(cfg.ProbeInterval, time.Second)
+	cfg.ProbeTimeout = cmp.Or(cfg.ProbeTimeout, time.Second)
+	cfg.QueryInterval = cmp.Or(cfg.QueryInterval, 500*time.Millisecond)
+	cfg.WaitTime = cmp.Or(cfg.WaitTime, 5*time.Minute)
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
