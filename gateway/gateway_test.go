@@ -60,17 +60,25 @@ func TestDeliversInOrderOverEverySocket(t *testing.T) {
 	}
 }
 
+// aliceGetsFive connects alice to the gateway at url, publishes five
+// notifications (ids prefix0…prefix4) and waits until her socket has them;
+// it returns the socket and the last seq.
+func aliceGetsFive(t *testing.T, c *cluster, url, prefix string) (*socket, uint64) {
+	t.Helper()
+	s := dial(t, url, auth(t, "alice"))
+	s.hello()
+	for i := range 5 {
+		c.publish("alice", prefix+strconv.Itoa(i), `1`)
+	}
+	waitFor(t, 5*time.Second, "five notifications", func() bool { return len(s.notifications()) == 5 })
+	return s, s.notifications()[4]
+}
+
 func TestResumeAfterOffline(t *testing.T) {
 	c := newCluster(t, inbox.Config{})
 	c.startGateway("gw-1")
 	url := c.gws["gw-1"].url
-	s := dial(t, url, auth(t, "alice"))
-	s.hello()
-	for i := range 5 {
-		c.publish("alice", "a"+strconv.Itoa(i), `1`)
-	}
-	waitFor(t, 5*time.Second, "the first five", func() bool { return len(s.notifications()) == 5 })
-	cursor := s.notifications()[4]
+	s, cursor := aliceGetsFive(t, c, url, "a")
 	s.c.Close(websocket.StatusNormalClosure, "")
 	s.waitClosed(5 * time.Second)
 
@@ -284,13 +292,8 @@ func TestEpochChangeClosesAndResumes(t *testing.T) {
 	c := newCluster(t, inbox.Config{})
 	c.startGateway("gw-1")
 	url := c.gws["gw-1"].url
-	s := dial(t, url, auth(t, "alice"))
-	s.hello()
-	for i := range 5 {
-		c.publish("alice", "old"+strconv.Itoa(i), `1`)
-	}
-	waitFor(t, 5*time.Second, "five", func() bool { return len(s.notifications()) == 5 })
-	oldEpoch, cursor := c.log.Epoch(), s.notifications()[4]
+	s, cursor := aliceGetsFive(t, c, url, "old")
+	oldEpoch := c.log.Epoch()
 
 	js, _ := jetstream.New(c.nc)
 	if err := js.DeleteStream(context.Background(), c.log.Config().Stream); err != nil {

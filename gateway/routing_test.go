@@ -12,6 +12,7 @@ import (
 	"github.com/heraldpush/herald/gateway"
 	"github.com/heraldpush/herald/gateway/inbox"
 	"github.com/heraldpush/herald/gateway/wire"
+	"github.com/heraldpush/herald/ring"
 	"github.com/heraldpush/herald/ring/consul"
 )
 
@@ -151,6 +152,20 @@ func (d *device) onGateway() string {
 	return hs[len(hs)-1].f.Gateway
 }
 
+// waitOnOwners waits until every device's latest hello is from the owner
+// r names for its user.
+func waitOnOwners(t *testing.T, within time.Duration, r *ring.Ring, devices map[string]*device) {
+	t.Helper()
+	waitFor(t, within, "every user on the owner the new ring names", func() bool {
+		for u, d := range devices {
+			if owner, _ := r.Owner(u); d.onGateway() != owner.ID {
+				return false
+			}
+		}
+		return true
+	})
+}
+
 func TestScaleOutMovesExactlyTheUsersWhoseOwnerChanged(t *testing.T) {
 	c := newCluster(t, inbox.Config{MaxMsgsPerUser: 1000})
 	fast := func(cfg *gateway.Config) { cfg.MoveWindow = 2 * time.Second }
@@ -176,15 +191,7 @@ func TestScaleOutMovesExactlyTheUsersWhoseOwnerChanged(t *testing.T) {
 			expected[u] = true
 		}
 	}
-	waitFor(t, 30*time.Second, "every user on its new owner", func() bool {
-		for _, u := range users {
-			owner, _ := after.Owner(u)
-			if devices[u].onGateway() != owner.ID {
-				return false
-			}
-		}
-		return true
-	})
+	waitOnOwners(t, 30*time.Second, after, devices)
 	p.finish()
 	checkDelivered(t, p, devices, 20*time.Second)
 	moved := 0
@@ -232,15 +239,7 @@ func TestDrainMovesEveryUserAndLosesNothing(t *testing.T) {
 		return !in && c.ring().Len() == 2
 	})
 	after := c.ring()
-	waitFor(t, 20*time.Second, "every user on the owner the new ring names", func() bool {
-		for _, u := range users {
-			owner, _ := after.Owner(u)
-			if devices[u].onGateway() != owner.ID {
-				return false
-			}
-		}
-		return true
-	})
+	waitOnOwners(t, 20*time.Second, after, devices)
 	p.finish()
 	checkDelivered(t, p, devices, 20*time.Second)
 	for _, u := range users {
