@@ -200,13 +200,7 @@ func (s *session) read() {
 		}
 		switch f.Type {
 		case wire.TypeAck:
-			s.h.mu.Lock()
-			sent := s.cursor
-			s.h.mu.Unlock()
-			if f.Seq <= sent { // an ack for what was never sent proves nothing
-				s.h.g.m.acks.Inc()
-				s.h.ack(f.Seq)
-			}
+			s.h.ack(s, f.Seq)
 		case wire.TypePing:
 			select {
 			case s.ctrl <- wire.PongFrame:

@@ -2,7 +2,6 @@ package gateway
 
 import (
 	"context"
-	"encoding/json"
 	"sort"
 	"time"
 
@@ -337,10 +336,15 @@ func (h *hub) after(seq uint64) ([]entry, bool) {
 	return h.buf[i:], true
 }
 
-// ack records that a socket acknowledged seq and answers the waiters it
-// satisfies.
-func (h *hub) ack(seq uint64) {
+// ack records that socket s acknowledged seq and answers the waiters it
+// satisfies. An ack beyond what s was sent proves nothing and is ignored.
+func (h *hub) ack(s *session, seq uint64) {
 	h.mu.Lock()
+	if seq > s.cursor {
+		h.mu.Unlock()
+		return
+	}
+	h.g.m.acks.Inc()
 	if seq <= h.acked {
 		h.mu.Unlock()
 		return
@@ -391,9 +395,14 @@ func (h *hub) closeAllWith(frame []byte, code int, reason string) {
 	}
 }
 
+// deliveryReplies are the encoded answers to wait=delivered doorbells.
+var deliveryReplies = map[string][]byte{
+	wire.Delivered: wire.Encode(wire.DeliveryReply{Status: wire.Delivered}),
+	wire.Offline:   wire.Encode(wire.DeliveryReply{Status: wire.Offline}),
+}
+
 func (g *Gateway) respond(reply, status string) {
-	b, _ := json.Marshal(wire.DeliveryReply{Status: status})
-	if err := g.cfg.NATS.Publish(reply, b); err != nil {
+	if err := g.cfg.NATS.Publish(reply, deliveryReplies[status]); err != nil {
 		g.log.Debug("delivery reply", "error", err)
 	}
 }

@@ -23,7 +23,7 @@ type metrics struct {
 	closes                                                                  *prometheus.CounterVec
 	moves                                                                   *prometheus.CounterVec
 	movesCancelled                                                          prometheus.Counter
-	broadcasts                                                              *prometheus.CounterVec
+	broadcastSent, broadcastDropped                                         prometheus.Counter
 }
 
 func newMetrics(g *Gateway) *metrics {
@@ -43,8 +43,10 @@ func newMetrics(g *Gateway) *metrics {
 		closes:             f.counterVec("herald_socket_closes_total", "Sockets closed by the gateway, by close code.", "code"),
 		moves:              f.counterVec("herald_moves_total", "Users sent to another gateway (moved + 4001), or closed with 1013 while fenced, by cause.", "cause"),
 		movesCancelled:     f.counter("herald_moves_cancelled_total", "Scheduled moves the ring no longer called for when their time came."),
-		broadcasts:         f.counterVec("herald_broadcast_frames_total", "Broadcast frames queued for sockets, or dropped for a full queue.", "result"),
 	}
+	// Per socket per broadcast: resolved once too.
+	broadcasts := f.counterVec("herald_broadcast_frames_total", "Broadcast frames queued for sockets, or dropped for a full queue.", "result")
+	m.broadcastSent, m.broadcastDropped = broadcasts.WithLabelValues("sent"), broadcasts.WithLabelValues("dropped")
 	doorbells := f.counterVec("herald_doorbells_total", "Doorbells by outcome: next (fast path), old, repair (read the log), offline, bad.", "outcome")
 	m.doorbellNext, m.doorbellOld, m.doorbellRepair = doorbells.WithLabelValues("next"), doorbells.WithLabelValues("old"), doorbells.WithLabelValues("repair")
 	m.doorbellOffline, m.doorbellBad = doorbells.WithLabelValues("offline"), doorbells.WithLabelValues("bad")

@@ -284,14 +284,17 @@ func (g *Gateway) onBroadcast(m *nats.Msg) {
 		g.log.Debug("bad broadcast", "error", err)
 		return
 	}
+	var sent, dropped int
 	g.forSessions(func(s *session) {
 		select {
 		case s.ctrl <- frame:
-			g.m.broadcasts.WithLabelValues("sent").Inc()
+			sent++
 		default:
-			g.m.broadcasts.WithLabelValues("dropped").Inc()
+			dropped++
 		}
 	})
+	g.m.broadcastSent.Add(float64(sent))
+	g.m.broadcastDropped.Add(float64(dropped))
 }
 
 func (g *Gateway) onStats(m *nats.Msg) {
