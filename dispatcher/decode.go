@@ -44,13 +44,11 @@ func decodeNotify(b []byte, maxPayload int) (notification, *Error) {
 	if err := decodeStrict(b, &req); err != nil {
 		return notification{}, err
 	}
-	if req.User == nil {
-		return notification{}, errorf(CodeInvalidUser, "user is required")
+	user, err := checkUser(req.User)
+	if err != nil {
+		return notification{}, err
 	}
-	if err := wire.ValidateUser(*req.User); err != nil {
-		return notification{}, errorf(CodeInvalidUser, "%v", err)
-	}
-	n := notification{User: *req.User}
+	n := notification{User: user}
 	if req.ID != nil {
 		if err := wire.ValidateID(*req.ID); err != nil {
 			return notification{User: n.User}, errorf(CodeInvalidID, "%v", err)
@@ -123,13 +121,18 @@ func decodeDevToken(b []byte) (string, *Error) {
 	if err := decodeStrict(b, &req); err != nil {
 		return "", err
 	}
-	if req.User == nil {
+	return checkUser(req.User)
+}
+
+// checkUser checks a request's user field, which is required.
+func checkUser(user *string) (string, *Error) {
+	if user == nil {
 		return "", errorf(CodeInvalidUser, "user is required")
 	}
-	if err := wire.ValidateUser(*req.User); err != nil {
+	if err := wire.ValidateUser(*user); err != nil {
 		return "", errorf(CodeInvalidUser, "%v", err)
 	}
-	return *req.User, nil
+	return *user, nil
 }
 
 // fieldCodes names the error of a field whose JSON has the wrong type, so

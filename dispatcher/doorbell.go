@@ -47,10 +47,10 @@ func (d *Dispatcher) ringOwner(ctx context.Context, db wire.Doorbell, wait time.
 	if wait <= 0 {
 		for _, gw := range targets {
 			if err := d.cfg.NATS.PublishMsg(db.Msg(gw)); err != nil {
-				d.metrics.doorbells.WithLabelValues("failed").Inc()
+				d.metrics.doorbellFailed.Inc()
 				d.log.Debug("doorbell not sent; the gateway's anti-entropy will find the message", "gateway", gw, "seq", db.Seq, "error", err)
 			} else {
-				d.metrics.doorbells.WithLabelValues("sent").Inc()
+				d.metrics.doorbellSent.Inc()
 			}
 		}
 		return rung{gateway: owner.ID}
@@ -98,7 +98,7 @@ func (d *Dispatcher) awaitDelivery(ctx context.Context, gateway string, msg *nat
 	reply, err := d.cfg.NATS.RequestMsgWithContext(ctx, msg)
 	switch {
 	case err == nil:
-		d.metrics.doorbells.WithLabelValues("sent").Inc()
+		d.metrics.doorbellSent.Inc()
 		var dr wire.DeliveryReply
 		if json.Unmarshal(reply.Data, &dr) == nil && (dr.Status == wire.Delivered || dr.Status == wire.Offline) {
 			return dr.Status
@@ -106,13 +106,13 @@ func (d *Dispatcher) awaitDelivery(ctx context.Context, gateway string, msg *nat
 		d.log.Warn("gateway answered a doorbell request with nonsense", "gateway", gateway, "reply", string(reply.Data))
 		return wire.Timeout
 	case errors.Is(err, nats.ErrNoResponders):
-		d.metrics.doorbells.WithLabelValues("sent").Inc()
+		d.metrics.doorbellSent.Inc()
 		return wire.Offline
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled), errors.Is(err, nats.ErrTimeout):
-		d.metrics.doorbells.WithLabelValues("sent").Inc()
+		d.metrics.doorbellSent.Inc()
 		return wire.Timeout
 	default:
-		d.metrics.doorbells.WithLabelValues("failed").Inc()
+		d.metrics.doorbellFailed.Inc()
 		d.log.Debug("doorbell request not sent", "gateway", gateway, "error", err)
 		return wire.Timeout
 	}

@@ -64,6 +64,13 @@ type clusterUser struct {
 // handleCluster serves GET /v1/cluster: the ring as this dispatcher sees
 // it, with each gateway's socket counts. It exposes no secrets.
 func (d *Dispatcher) handleCluster(w http.ResponseWriter, r *http.Request) {
+	u := r.URL.Query().Get("user")
+	if u != "" {
+		if err := wire.ValidateUser(u); err != nil {
+			d.writeError(w, r, errorf(CodeInvalidUser, "%v", err))
+			return
+		}
+	}
 	rg := d.Ring()
 	st := d.watcher.Status()
 	view := clusterView{Degraded: st.Degraded, Members: []clusterMember{}}
@@ -85,11 +92,7 @@ func (d *Dispatcher) handleCluster(w http.ResponseWriter, r *http.Request) {
 	for _, a := range rg.Arcs() {
 		view.Arcs = append(view.Arcs, clusterArc{Start: a.Start, End: a.End, Gateway: a.ID})
 	}
-	if u := r.URL.Query().Get("user"); u != "" {
-		if err := wire.ValidateUser(u); err != nil {
-			d.writeError(w, r, errorf(CodeInvalidUser, "%v", err))
-			return
-		}
+	if u != "" {
 		view.User = &clusterUser{ID: u, Position: ring.Position(u)}
 		if owner, ok := rg.Owner(u); ok {
 			view.User.Owner = owner.ID

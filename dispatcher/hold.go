@@ -42,11 +42,9 @@ func (d *Dispatcher) holdConnect(ctx context.Context, user, id string) (*ring.Ri
 		m, ok := rg.Owner(user)
 		return rg, m, ok
 	}
-	d.metrics.connectHeld.Inc()
 	outcome := "timeout"
 	defer func() {
 		d.held.Add(-1)
-		d.metrics.connectHeld.Dec()
 		d.metrics.connectHolds.WithLabelValues(outcome).Inc()
 	}()
 	hctx, cancel := context.WithTimeout(ctx, d.cfg.ConnectHold)

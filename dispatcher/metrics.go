@@ -12,17 +12,18 @@ import (
 // watcher keep themselves are read at scrape time (CounterFunc), so there is
 // one source of truth for each.
 type metrics struct {
-	notifications  *prometheus.CounterVec // by result: routed, stored or an error code
-	duplicates     prometheus.Counter
-	doorbells      *prometheus.CounterVec // by result: sent, failed
-	waits          *prometheus.CounterVec // by outcome: delivered, offline, timeout
-	graceDoorbells prometheus.Counter
-	connectHolds   *prometheus.CounterVec
-	connectHeld    prometheus.Gauge
-	broadcasts     *prometheus.CounterVec // by result: sent, failed
-	rateLimited    prometheus.Counter
-	requests       *prometheus.CounterVec   // by route and code
-	latency        *prometheus.HistogramVec // by route
+	notifications *prometheus.CounterVec // by result: routed, stored or an error code
+	duplicates    prometheus.Counter
+	doorbells     *prometheus.CounterVec // by result: sent, failed
+	// The per-notification series, resolved once.
+	doorbellSent, doorbellFailed prometheus.Counter
+	waits                        *prometheus.CounterVec // by outcome: delivered, offline, timeout
+	graceDoorbells               prometheus.Counter
+	connectHolds                 *prometheus.CounterVec
+	broadcasts                   *prometheus.CounterVec // by result: sent, failed
+	rateLimited                  prometheus.Counter
+	requests                     *prometheus.CounterVec   // by route and code
+	latency                      *prometheus.HistogramVec // by route
 }
 
 // newMetrics registers the metrics on reg. It fails if reg already has
@@ -53,10 +54,6 @@ func newMetrics(d *Dispatcher, reg *prometheus.Registry) (*metrics, error) {
 			Name: "herald_connect_holds_total",
 			Help: "/v1/connect requests held because the client could not reach the owner, by how the hold ended: moved (the ring named another owner), alive (the owner answered its probe), unknown (no NATS to probe with), timeout, gone (the client left), closing (shutdown), full (too many held; answered at once).",
 		}, []string{"outcome"}),
-		connectHeld: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "herald_connect_held",
-			Help: "/v1/connect requests being held now.",
-		}),
 		broadcasts: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "herald_broadcasts_total",
 			Help: "Live-only broadcasts, by result (sent, failed).",
@@ -78,8 +75,8 @@ func newMetrics(d *Dispatcher, reg *prometheus.Registry) (*metrics, error) {
 	for _, r := range []string{"routed", "stored"} {
 		m.notifications.WithLabelValues(r)
 	}
+	m.doorbellSent, m.doorbellFailed = m.doorbells.WithLabelValues("sent"), m.doorbells.WithLabelValues("failed")
 	for _, r := range []string{"sent", "failed"} {
-		m.doorbells.WithLabelValues(r)
 		m.broadcasts.WithLabelValues(r)
 	}
 	status := func() consul.Status { return d.watcher.Status() }
@@ -90,7 +87,7 @@ func newMetrics(d *Dispatcher, reg *prometheus.Registry) (*metrics, error) {
 		return 0
 	}
 	cs := []prometheus.Collector{
-		m.notifications, m.duplicates, m.doorbells, m.waits, m.graceDoorbells, m.connectHolds, m.connectHeld, m.broadcasts, m.rateLimited, m.requests, m.latency,
+		m.notifications, m.duplicates, m.doorbells, m.waits, m.graceDoorbells, m.connectHolds, m.broadcasts, m.rateLimited, m.requests, m.latency,
 		prometheus.NewCounterFunc(prometheus.CounterOpts{
 			Name: "herald_append_conflicts_total",
 			Help: "Appends that found another message at the user's head (another writer, or a stale cached head).",
@@ -99,6 +96,10 @@ func newMetrics(d *Dispatcher, reg *prometheus.Registry) (*metrics, error) {
 			Name: "herald_append_retries_total",
 			Help: "Append attempts beyond the first.",
 		}, func() float64 { return float64(d.logStats().Retries) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "herald_connect_held",
+			Help: "/v1/connect requests being held now.",
+		}, func() float64 { return float64(d.held.Load()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "herald_ring_members",
 			Help: "Gateways in this dispatcher's ring.",

@@ -2,7 +2,6 @@ package client
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -214,13 +213,9 @@ func (c *Client) keepalive(ctx, live context.Context, drop func(), conn *websock
 }
 
 func (c *Client) write(ctx context.Context, conn *websocket.Conn, f wire.ClientFrame) error {
-	b, err := json.Marshal(f)
-	if err != nil {
-		return err
-	}
 	ctx, cancel := context.WithTimeout(ctx, writeTimeout)
 	defer cancel()
-	return conn.Write(ctx, websocket.MessageText, b)
+	return conn.Write(ctx, websocket.MessageText, wire.Encode(f))
 }
 
 // rawStream is the byte stream under one WebSocket, recorded at the dial so

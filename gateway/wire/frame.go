@@ -150,7 +150,7 @@ func EncodeNotification(seq uint64, id string, data []byte, ts time.Time) []byte
 	return b
 }
 
-// Encode encodes any of the server frame structs.
+// Encode encodes any of the frame structs, server's or client's.
 func Encode(v any) []byte {
 	b, err := json.Marshal(v)
 	if err != nil {
