@@ -66,12 +66,10 @@ func runChaos(ctx context.Context, args []string) error {
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	for _, f := range strings.Split(*faults, ",") {
-		if f = strings.TrimSpace(f); f != "" {
-			if !slices.Contains(allFaults, f) {
-				return fmt.Errorf("unknown fault %q: want some of %v", f, allFaults)
-			}
-			c.faults = append(c.faults, f)
+	c.faults = splitList(*faults)
+	for _, f := range c.faults {
+		if !slices.Contains(allFaults, f) {
+			return fmt.Errorf("unknown fault %q: want some of %v", f, allFaults)
 		}
 	}
 	if c.seed == 0 {
@@ -168,9 +166,9 @@ type chaosRun struct {
 	accepted map[string]map[uint64]string
 	rehomes  []time.Duration
 
-	posted, refused, unknownRetries atomic.Int64
-	ringChanges                     atomic.Int64
-	faultsDone                      []string
+	refused, unknownRetries atomic.Int64
+	ringChanges             atomic.Int64
+	faultsDone              []string
 }
 
 type chaosDevice struct {
@@ -380,7 +378,6 @@ func (r *chaosRun) post(n int, runID string) {
 			resp.Body.Close()
 			switch {
 			case resp.StatusCode == http.StatusAccepted:
-				r.posted.Add(1)
 				r.mu.Lock()
 				if r.accepted[d.user] == nil {
 					r.accepted[d.user] = map[uint64]string{}

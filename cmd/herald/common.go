@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"strings"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -56,10 +55,8 @@ func (c *common) logger(component string) (*slog.Logger, error) {
 
 func (c *common) tokenSecrets() ([][]byte, error) {
 	var out [][]byte
-	for _, s := range strings.Split(c.secrets, ",") {
-		if s = strings.TrimSpace(s); s != "" {
-			out = append(out, []byte(s))
-		}
+	for _, s := range splitList(c.secrets) {
+		out = append(out, []byte(s))
 	}
 	if len(out) == 0 {
 		if !c.dev {

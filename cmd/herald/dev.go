@@ -84,6 +84,7 @@ type dev struct {
 	dir          string
 	offset       int
 	restartDelay time.Duration
+	logLevel     string // the children's
 	out          io.Writer
 
 	mu       sync.Mutex // guards the following
@@ -127,7 +128,8 @@ func runDev(ctx context.Context, args []string) error {
 	if err := os.MkdirAll(filepath.Join(d.dir, "nats"), 0o755); err != nil {
 		return err
 	}
-	d.plan(*gateways, *dispatchers, *logLevel)
+	d.logLevel = *logLevel
+	d.plan(*gateways, *dispatchers)
 	if err := d.checkPorts(); err != nil {
 		return err
 	}
@@ -168,7 +170,8 @@ func findConsul(flagValue, self string) (string, error) {
 }
 
 // plan decides every child's command line.
-func (d *dev) plan(gateways, dispatchers int, logLevel string) {
+func (d *dev) plan(gateways, dispatchers int) {
+	logLevel := d.logLevel
 	o := d.offset
 	consulHTTP := devConsulHTTP + o
 	natsPort := devNATS + o
@@ -193,19 +196,19 @@ func (d *dev) plan(gateways, dispatchers int, logLevel string) {
 			Args: append([]string{d.herald, "dispatcher", "--listen", fmt.Sprintf("127.0.0.1:%d", port), "--api-keys", devAPIKey}, common...)}})
 	}
 	for range gateways {
-		d.add(d.gatewayChild(logLevel))
+		d.add(d.gatewayChild())
 	}
 }
 
 // gatewayChild plans the next gateway.
-func (d *dev) gatewayChild(logLevel string) *child {
+func (d *dev) gatewayChild() *child {
 	d.nextGW++
 	name := "gw-" + strconv.Itoa(d.nextGW)
 	port := devGateway + d.nextGW - 1 + d.offset
 	listen := fmt.Sprintf("127.0.0.1:%d", port)
 	return &child{info: childInfo{Name: name, Kind: "gateway", Ports: []int{port}, URL: "ws://" + listen + "/ws",
 		Args: []string{d.herald, "gateway", "--id", name, "--listen", listen, "--dev",
-			"--nats-url", d.state.NATSURL, "--consul-addr", d.state.ConsulAddr, "--log-level", logLevel}}}
+			"--nats-url", d.state.NATSURL, "--consul-addr", d.state.ConsulAddr, "--log-level", d.logLevel}}}
 }
 
 func (d *dev) add(c *child) {
@@ -450,7 +453,8 @@ func (d *dev) saveState() {
 	d.saveStateLocked()
 }
 
-func (d *dev) saveStateLocked() {
+// saveStateLocked writes the state file and returns the state it wrote.
+func (d *dev) saveStateLocked() devState {
 	st := d.state
 	st.Children = nil
 	for _, c := range d.children {
@@ -461,6 +465,7 @@ func (d *dev) saveStateLocked() {
 	if err := os.WriteFile(tmp, b, 0o644); err == nil {
 		os.Rename(tmp, d.statePath())
 	}
+	return st
 }
 
 // prefix copies r to w line by line, each line prefixed with name.

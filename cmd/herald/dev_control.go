@@ -21,12 +21,8 @@ import (
 func (d *dev) controlRoutes() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /state", func(w http.ResponseWriter, r *http.Request) {
-		d.saveState()
 		d.mu.Lock()
-		st := d.state
-		for _, c := range d.children {
-			st.Children = append(st.Children, c.info)
-		}
+		st := d.saveStateLocked()
 		d.mu.Unlock()
 		writeJSONResponse(w, http.StatusOK, st)
 	})
@@ -72,7 +68,7 @@ func (d *dev) controlRoutes() http.Handler {
 	})
 	mux.HandleFunc("POST /gateways", func(w http.ResponseWriter, r *http.Request) {
 		d.mu.Lock()
-		c := d.gatewayChild(logLevelOf(d.children))
+		c := d.gatewayChild()
 		d.children = append(d.children, c)
 		d.mu.Unlock()
 		if err := d.start(c); err != nil {
@@ -123,18 +119,6 @@ func parseDelay(s string) (time.Duration, error) {
 		return 0, fmt.Errorf("bad duration %q", s)
 	}
 	return d, nil
-}
-
-// logLevelOf reads the children's log level back from a gateway's args.
-func logLevelOf(cs []*child) string {
-	for _, c := range cs {
-		for i, a := range c.info.Args {
-			if a == "--log-level" && i+1 < len(c.info.Args) && c.info.Kind == "gateway" {
-				return c.info.Args[i+1]
-			}
-		}
-	}
-	return "info"
 }
 
 func writeJSONResponse(w http.ResponseWriter, status int, v any) {

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"net"
-	"strings"
 
 	"github.com/heraldpush/herald/dispatcher"
 	"github.com/heraldpush/herald/web"
@@ -42,11 +41,7 @@ func runDispatcher(ctx context.Context, args []string) error {
 	if d.TokenSecrets, err = c.tokenSecrets(); err != nil {
 		return err
 	}
-	for _, k := range strings.Split(*apiKeys, ",") {
-		if k = strings.TrimSpace(k); k != "" {
-			d.APIKeys = append(d.APIKeys, k)
-		}
-	}
+	d.APIKeys = splitList(*apiKeys)
 	d.Dev, d.RateLimit, d.Logger = c.dev, rate.Limit(*rateLimit), log
 	if d.Dev {
 		d.Page, d.PagePaths = web.Handler(), web.Paths

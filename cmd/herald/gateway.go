@@ -6,11 +6,8 @@ import (
 	"net"
 	"os"
 	"regexp"
-	"strings"
 
 	"github.com/heraldpush/herald/gateway"
-	"github.com/heraldpush/herald/gateway/inbox"
-	"github.com/heraldpush/herald/ring/consul"
 )
 
 func runGateway(ctx context.Context, args []string) error {
@@ -67,11 +64,7 @@ func runGateway(ctx context.Context, args []string) error {
 		h, _ := os.Hostname()
 		d.ID = regexp.MustCompile(`[^A-Za-z0-9_-]`).ReplaceAllString(h, "-") + "-" + port
 	}
-	for _, o := range strings.Split(*origins, ",") {
-		if o = strings.TrimSpace(o); o != "" {
-			d.OriginPatterns = append(d.OriginPatterns, o)
-		}
-	}
+	d.OriginPatterns = splitList(*origins)
 	if len(d.OriginPatterns) == 0 && c.dev {
 		// The demo page is served by a dispatcher on another port.
 		d.OriginPatterns = []string{"127.0.0.1:*", "localhost:*"}
@@ -88,8 +81,6 @@ func runGateway(ctx context.Context, args []string) error {
 	if d.Consul, err = c.consul(); err != nil {
 		return err
 	}
-	d.Watch = consul.WatchConfig{Hold: d.Watch.Hold}
-	d.Log = inbox.Config{Stream: d.Log.Stream}
 	g, err := gateway.New(d)
 	if err != nil {
 		return err

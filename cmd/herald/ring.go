@@ -8,7 +8,6 @@ import (
 	"os"
 	"time"
 
-	"github.com/hashicorp/consul/api"
 	"github.com/heraldpush/herald/ring"
 	"github.com/heraldpush/herald/ring/consul"
 )
@@ -25,9 +24,7 @@ func runRing(ctx context.Context, args []string) error {
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	cfg := api.DefaultConfig()
-	cfg.Address = *addr
-	client, err := api.NewClient(cfg)
+	client, err := (&common{consulAddr: *addr}).consul()
 	if err != nil {
 		return err
 	}
