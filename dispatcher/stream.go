@@ -6,7 +6,6 @@ import (
 	"time"
 
 	"github.com/heraldpush/herald/gateway/inbox"
-	"github.com/nats-io/nats.go/jetstream"
 )
 
 // runLog ensures the stream, publishes the log to the handlers, then
@@ -74,15 +73,8 @@ func (d *Dispatcher) refreshEpoch(ctx context.Context, l *inbox.Log) error {
 	old := l.Epoch()
 	e, err := l.Refresh(ctx)
 	if err != nil && d.cfg.NATS.IsConnected() {
-		js, jerr := jetstream.New(d.cfg.NATS)
-		if jerr != nil {
-			return err
-		}
-		if _, cerr := js.CreateOrUpdateStream(ctx, l.Config().StreamConfig()); cerr != nil {
-			return err
-		}
-		if e, err = l.Refresh(ctx); err != nil {
-			return err
+		if created, cerr := l.Create(ctx); cerr == nil {
+			e, err = created, nil
 		}
 	}
 	if err != nil {

@@ -276,12 +276,7 @@ func (h *hub) repair() {
 		after, want := h.head, h.want
 		h.mu.Unlock()
 
-		h.g.m.logReads.WithLabelValues("repair").Inc()
-		msgs, err := l.ReadAfter(ctx, h.user, after, h.g.cfg.ReadBatch)
-		if err == nil && len(msgs) == 0 {
-			h.g.m.logReads.WithLabelValues("leader").Inc()
-			msgs, err = l.ReadAfterLeader(ctx, h.user, after, leaderBatch)
-		}
+		msgs, err := h.g.readAfter(ctx, l, h.user, after, "repair")
 		if err != nil || len(msgs) == 0 {
 			failures++
 			if err == nil || failures > 3 || !sleep(ctx, 100*time.Millisecond<<failures) {
@@ -306,6 +301,20 @@ func (h *hub) repair() {
 		}
 		h.mu.Unlock()
 	}
+}
+
+// readAfter reads a batch of the user's log after seq, counted under
+// reason. A read that finds nothing where the caller knows messages exist
+// may have hit a lagging replica, so it asks the stream leader before
+// returning nothing.
+func (g *Gateway) readAfter(ctx context.Context, l *inbox.Log, user string, after uint64, reason string) ([]inbox.Message, error) {
+	g.m.logReads.WithLabelValues(reason).Inc()
+	msgs, err := l.ReadAfter(ctx, user, after, g.cfg.ReadBatch)
+	if err == nil && len(msgs) == 0 {
+		g.m.logReads.WithLabelValues("leader").Inc()
+		msgs, err = l.ReadAfterLeader(ctx, user, after, leaderBatch)
+	}
+	return msgs, err
 }
 
 // sync is anti-entropy's finding: the log's last seq for the user.

@@ -163,6 +163,19 @@ func (s *session) send(ctx context.Context, frame []byte) bool {
 	return true
 }
 
+// take returns the frames of buffered entries, each after its gap frame if
+// it has one, and advances the cursor past them. h.mu is held.
+func (s *session) take(entries []entry) (frames [][]byte, live []int64) {
+	for _, e := range entries {
+		if gap := s.gapBefore(e.seq, e.prev, e.hubPrev); gap != nil {
+			frames, live = append(frames, gap), append(live, -1)
+		}
+		frames, live = append(frames, e.frame), append(live, e.ts.UnixNano())
+		s.cursor = e.seq
+	}
+	return frames, live
+}
+
 // next returns the frames to send after the cursor and advances it: the
 // buffered ones, or a batch read from the log if the session is behind the
 // buffer. live[i] is the publish time (unix nanos) of a buffered
@@ -173,13 +186,7 @@ func (s *session) next(ctx context.Context) (frames [][]byte, live []int64, err 
 	cursor := s.cursor
 	entries, reachable := h.after(cursor)
 	if reachable {
-		for _, e := range entries {
-			if gap := s.gapBefore(e.seq, e.prev, e.hubPrev); gap != nil {
-				frames, live = append(frames, gap), append(live, -1)
-			}
-			frames, live = append(frames, e.frame), append(live, e.ts.UnixNano())
-			s.cursor = e.seq
-		}
+		frames, live = s.take(entries)
 		h.mu.Unlock()
 		return frames, live, nil
 	}
@@ -196,15 +203,10 @@ func (s *session) next(ctx context.Context) (frames [][]byte, live []int64, err 
 	case <-ctx.Done():
 		return nil, nil, ctx.Err()
 	}
-	g.m.logReads.WithLabelValues("replay").Inc()
-	msgs, err := l.ReadAfter(ctx, h.user, cursor, g.cfg.ReadBatch)
-	if err == nil && len(msgs) == 0 {
-		// The buffer proves messages exist after the cursor unless they
-		// were evicted; a replica that lags would make that look like a
-		// gap, so ask the leader before believing it.
-		g.m.logReads.WithLabelValues("leader").Inc()
-		msgs, err = l.ReadAfterLeader(ctx, h.user, cursor, leaderBatch)
-	}
+	// The buffer proves messages exist after the cursor unless they were
+	// evicted; a replica that lags would make that look like a gap, so
+	// readAfter asks the leader before believing it.
+	msgs, err := g.readAfter(ctx, l, h.user, cursor, "replay")
 	<-g.replays
 	if err != nil {
 		return nil, nil, err
@@ -214,13 +216,7 @@ func (s *session) next(ctx context.Context) (frames [][]byte, live []int64, err 
 	if len(msgs) == 0 {
 		// Nothing between the cursor and the buffer survives (or a replica
 		// lags): continue from the buffer, whose first entry shows the gap.
-		for _, e := range h.buf {
-			if gap := s.gapBefore(e.seq, e.prev, e.hubPrev); gap != nil {
-				frames, live = append(frames, gap), append(live, -1)
-			}
-			frames, live = append(frames, e.frame), append(live, e.ts.UnixNano())
-			s.cursor = e.seq
-		}
+		frames, live = s.take(h.buf)
 		if len(frames) == 0 && h.base > s.cursor {
 			// The hub took messages up to base that this session never
 			// got, and the log no longer has them: the next frame the

@@ -129,12 +129,21 @@ func Ensure(ctx context.Context, nc *nats.Conn, cfg Config) (*Log, error) {
 	if err != nil {
 		return nil, err
 	}
+	if _, err := l.Create(ctx); err != nil {
+		return nil, err
+	}
+	return l, nil
+}
+
+// Create creates the log's stream, or updates its configuration, and
+// returns the epoch. A dispatcher calls it again when an operator has
+// deleted the stream.
+func (l *Log) Create(ctx context.Context) (string, error) {
 	st, err := l.js.CreateOrUpdateStream(ctx, l.cfg.StreamConfig())
 	if err != nil {
-		return nil, fmt.Errorf("create or update stream %s: %w", l.cfg.Stream, err)
+		return "", fmt.Errorf("create or update stream %s: %w", l.cfg.Stream, err)
 	}
-	l.setEpoch(st.CachedInfo())
-	return l, nil
+	return l.setEpoch(st.CachedInfo()), nil
 }
 
 // Open returns the log of an existing stream. It fails if the stream does
