@@ -39,7 +39,7 @@ type Config struct {
 	Consul *api.Client
 	// Watch overrides the watcher's settings (Hold, Debounce, VNodes...).
 	// Its Client, Probe and Logger are filled in by the dispatcher: the
-	// probe asks gateways over NATS (wire.LivenessProbe).
+	// probe asks gateways over NATS (consul.NATSProbe).
 	Watch consul.WatchConfig
 
 	// APIKeys are the keys the publishing endpoints accept

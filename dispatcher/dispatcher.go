@@ -35,6 +35,7 @@ type Dispatcher struct {
 	metrics  *metrics
 	handler  http.Handler
 	stats    statsCache
+	link     *consul.Link // the NATS connection's uptime, for the watcher's probe
 
 	// inbox is nil until Run has ensured the stream; then set once.
 	inbox   atomic.Pointer[inbox.Log]
@@ -94,7 +95,8 @@ func New(cfg Config) (*Dispatcher, error) {
 
 	wc := cfg.Watch
 	wc.Client = cfg.Consul
-	wc.Probe = wire.LivenessProbe(cfg.NATS)
+	d.link = consul.NewLink(cfg.NATS)
+	wc.Probe = consul.NATSProbe(d.link, wire.LiveSubject)
 	d.probes = probes{probe: wc.Probe, last: map[string]*probeResult{}}
 	d.closing = make(chan struct{})
 	wc.Logger = cfg.Logger.With("component", "watcher")
@@ -162,6 +164,7 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 		d.shutdown(srv, cancelRequests)
 		return nil
 	})
+	g.Go(func() error { d.link.Run(gctx); return nil })
 	g.Go(func() error { return d.watcher.Run(gctx) })
 	g.Go(func() error { d.followRings(gctx, &d.rings); return nil })
 	g.Go(func() error { d.runLog(gctx); return nil })

@@ -46,7 +46,7 @@ func (d *Dispatcher) ringOwner(ctx context.Context, db wire.Doorbell, wait time.
 	}
 	if wait <= 0 {
 		for _, gw := range targets {
-			if err := d.cfg.NATS.PublishMsg(db.Msg(gw)); err != nil {
+			if err := d.cfg.NATS.PublishMsg(doorbellMsg(db, gw)); err != nil {
 				d.metrics.doorbellFailed.Inc()
 				d.log.Debug("doorbell not sent; the gateway's anti-entropy will find the message", "gateway", gw, "seq", db.Seq, "error", err)
 			} else {
@@ -69,7 +69,7 @@ func (d *Dispatcher) awaitAny(ctx context.Context, db wire.Doorbell, targets []s
 	defer cancel()
 	answers := make(chan string, len(targets))
 	for _, gw := range targets {
-		go func() { answers <- d.awaitDelivery(ctx, gw, db.Msg(gw), wait) }()
+		go func() { answers <- d.awaitDelivery(ctx, gw, doorbellMsg(db, gw), wait) }()
 	}
 	offline := 0
 	for range targets {
@@ -116,4 +116,9 @@ func (d *Dispatcher) awaitDelivery(ctx context.Context, gateway string, msg *nat
 		d.log.Debug("doorbell request not sent", "gateway", gateway, "error", err)
 		return wire.Timeout
 	}
+}
+
+// doorbellMsg is the doorbell as a NATS message to gateway's subject.
+func doorbellMsg(db wire.Doorbell, gateway string) *nats.Msg {
+	return &nats.Msg{Subject: wire.GatewaySubject(gateway), Header: db.Header(), Data: db.Body()}
 }

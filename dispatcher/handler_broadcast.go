@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/heraldpush/herald/gateway/wire"
+	"github.com/nats-io/nats.go"
 )
 
 // handleBroadcast serves POST /v1/broadcast. A broadcast is live-only: it
@@ -23,7 +24,7 @@ func (d *Dispatcher) handleBroadcast(w http.ResponseWriter, r *http.Request) {
 		d.writeError(w, r, err)
 		return
 	}
-	if perr := d.cfg.NATS.PublishMsg(wire.BroadcastMsg(data, time.Now())); perr != nil {
+	if perr := d.cfg.NATS.PublishMsg(&nats.Msg{Subject: wire.BroadcastSubject, Header: wire.BroadcastHeader(time.Now()), Data: data}); perr != nil {
 		d.metrics.broadcasts.WithLabelValues("failed").Inc()
 		d.writeError(w, r, &Error{Code: CodeUnavailable, Message: "NATS is unavailable; the broadcast was not sent", Err: perr})
 		return

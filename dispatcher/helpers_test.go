@@ -172,7 +172,7 @@ func (e *env) gateway(id string, o gatewayOpts) *testGateway {
 	sub(wire.LiveSubject(id), func(m *nats.Msg) { m.Respond([]byte(nonce)) })
 	if !o.noDoorbells {
 		sub(wire.GatewaySubject(id), func(m *nats.Msg) {
-			db, err := wire.DecodeDoorbell(m)
+			db, err := wire.DecodeDoorbell(m.Header, m.Data)
 			if err != nil {
 				e.t.Errorf("gateway %s got a bad doorbell: %v", id, err)
 				return
@@ -207,7 +207,7 @@ func (e *env) gateway(id string, o gatewayOpts) *testGateway {
 	reg, err := consul.Register(bg, consul.RegisterConfig{
 		Client: e.cc, ID: id, Address: "127.0.0.1", Port: 7000,
 		URL: "ws://127.0.0.1:7000/" + id, Instance: nonce, TTL: o.ttl,
-		Probe: wire.LivenessProbe(g.nc), Logger: testLogger(e.t),
+		Probe: consul.NATSProbe(consul.NewLink(g.nc), wire.LiveSubject), Logger: testLogger(e.t),
 		Health: func() error {
 			if !g.healthy.Load() {
 				return io.ErrUnexpectedEOF // any error: the check fails

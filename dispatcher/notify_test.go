@@ -204,7 +204,7 @@ func TestBroadcast(t *testing.T) {
 	}
 	waitFor(t, 5*time.Second, "both gateways to get the broadcast", func() bool { return a.broadcastCount() == 1 && b.broadcastCount() == 1 })
 	a.mu.Lock()
-	frame, err := wire.DecodeBroadcast(a.broadcasts[0])
+	frame, err := wire.DecodeBroadcast(a.broadcasts[0].Header, a.broadcasts[0].Data)
 	a.mu.Unlock()
 	if err != nil {
 		t.Fatal(err)

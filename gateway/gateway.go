@@ -173,6 +173,8 @@ type Gateway struct {
 	verifier *token.Verifier
 	instance string
 	watcher  *consul.Watcher
+	link     *consul.Link // the NATS connection's uptime and downtime
+	probe    consul.Probe
 	m        *metrics
 	replays  chan struct{} // semaphore of concurrent session log reads
 
@@ -227,7 +229,9 @@ func New(cfg Config) (*Gateway, error) {
 		due:      make(map[string]time.Time),
 	}
 	wc := cfg.Watch
-	wc.Client, wc.Probe, wc.Logger = cfg.Consul, wire.LivenessProbe(cfg.NATS), g.log
+	g.link = consul.NewLink(cfg.NATS)
+	g.probe = consul.NATSProbe(g.link, wire.LiveSubject)
+	wc.Client, wc.Probe, wc.Logger = cfg.Consul, g.probe, g.log
 	if g.watcher, err = consul.NewWatcher(wc); err != nil {
 		return nil, fmt.Errorf("gateway: %w", err)
 	}
@@ -280,6 +284,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 		}
 		return nil
 	})
+	eg.Go(func() error { g.link.Run(ctx); return nil })
 	eg.Go(func() error { return g.watcher.Run(ctx) })
 	eg.Go(func() error { return g.start(ctx) })
 	eg.Go(func() error { g.monitor(ctx); return nil })
@@ -361,7 +366,7 @@ func (g *Gateway) start(ctx context.Context) error {
 		reg, err := consul.Register(ctx, consul.RegisterConfig{
 			Client: g.cfg.Consul, ID: g.cfg.ID, Address: host, Port: port,
 			URL: g.cfg.PublicURL, Weight: g.cfg.Weight, Version: g.cfg.Version, Instance: g.instance,
-			TTL: g.cfg.TTL, Health: g.health, Probe: wire.LivenessProbe(g.cfg.NATS), Logger: g.log,
+			TTL: g.cfg.TTL, Health: g.health, Probe: g.probe, Logger: g.log,
 		})
 		if errors.Is(err, consul.ErrIDInUse) {
 			return fmt.Errorf("gateway: %w", err)
@@ -375,7 +380,7 @@ func (g *Gateway) start(ctx context.Context) error {
 			return nil
 		}
 	}
-	live, err := g.cfg.NATS.Subscribe(wire.LiveSubject(g.cfg.ID), func(m *nats.Msg) { m.Respond([]byte(g.instance)) })
+	live, err := g.cfg.NATS.Subscribe(wire.LiveSubject(g.cfg.ID), g.answerLiveness)
 	if err != nil {
 		return fmt.Errorf("gateway: subscribe liveness: %w", err)
 	}
@@ -399,6 +404,16 @@ func (g *Gateway) health() error {
 		return errors.New("no ring yet")
 	}
 	return nil
+}
+
+// answerLiveness answers a liveness probe with this process's nonce and
+// health.
+func (g *Gateway) answerLiveness(m *nats.Msg) {
+	r := consul.LiveReply{Instance: g.instance, Healthy: true}
+	if err := g.health(); err != nil {
+		r.Healthy, r.Reason = false, err.Error()
+	}
+	m.Respond(r.Encode())
 }
 
 // subscribe listens for doorbells, broadcasts and stats requests.

@@ -261,7 +261,7 @@ func TestWaitDelivered(t *testing.T) {
 		d := wire.Doorbell{User: user, Seq: a.Seq, Epoch: a.Epoch, HasContent: true, Prev: a.Prev, ID: "w", TS: a.TS, Data: []byte(`1`)}
 		done := make(chan string, 1)
 		go func() {
-			m, err := c.nc.RequestMsg(d.Msg("gw-1"), 2*time.Second)
+			m, err := c.nc.RequestMsg(doorbellMsg(d, "gw-1"), 2*time.Second)
 			if err != nil {
 				done <- wire.Timeout
 				return

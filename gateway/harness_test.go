@@ -183,7 +183,7 @@ func (c *cluster) publish(user, id string, data string) inbox.Appended {
 	}
 	if owner, ok := c.ring().Owner(user); ok {
 		d := wire.Doorbell{User: user, Seq: a.Seq, Epoch: a.Epoch, HasContent: !a.Duplicate, Prev: a.Prev, ID: id, TS: a.TS, Data: []byte(data)}
-		if err := c.nc.PublishMsg(d.Msg(owner.ID)); err != nil {
+		if err := c.nc.PublishMsg(doorbellMsg(d, owner.ID)); err != nil {
 			c.tb.Fatal(err)
 		}
 	}
@@ -324,3 +324,7 @@ func auth(tb testing.TB, user string) wire.ClientFrame {
 }
 
 func equalSeqs(a, b []uint64) bool { return fmt.Sprint(a) == fmt.Sprint(b) }
+
+func doorbellMsg(d wire.Doorbell, gateway string) *nats.Msg {
+	return &nats.Msg{Subject: wire.GatewaySubject(gateway), Header: d.Header(), Data: d.Body()}
+}

@@ -216,7 +216,7 @@ func (h *hub) doorbellLocked(d wire.Doorbell) {
 		m.doorbellOld.Inc()
 	case d.HasContent && d.Prev <= h.head:
 		m.doorbellNext.Inc()
-		h.push(entry{seq: d.Seq, prev: d.Prev, ts: d.TS, frame: wire.EncodeNotification(d.Seq, d.ID, d.Data, d.TS)})
+		h.push(entry{seq: d.Seq, prev: d.Prev, ts: d.TS, frame: frameOf(d.Seq, d.ID, d.Data, d.TS)})
 	default:
 		m.doorbellRepair.Inc()
 		h.want = max(h.want, d.Seq)
@@ -296,7 +296,7 @@ func (h *hub) repair() {
 		h.mu.Lock()
 		for _, m := range msgs {
 			if m.Seq > h.head {
-				h.push(entry{seq: m.Seq, prev: m.Prev, ts: m.TS, frame: wire.EncodeNotification(m.Seq, m.ID, m.Data, m.TS)})
+				h.push(entry{seq: m.Seq, prev: m.Prev, ts: m.TS, frame: frameOf(m.Seq, m.ID, m.Data, m.TS)})
 			}
 		}
 		h.mu.Unlock()
@@ -414,4 +414,11 @@ func (g *Gateway) respond(reply, status string) {
 	if err := g.cfg.NATS.Publish(reply, deliveryReplies[status]); err != nil {
 		g.log.Debug("delivery reply", "error", err)
 	}
+}
+
+// frameOf encodes a notification frame. TODO: a message that cannot be
+// encoded becomes a gap.
+func frameOf(seq uint64, id string, data []byte, ts time.Time) []byte {
+	b, _ := wire.EncodeNotification(seq, id, data, ts)
+	return b
 }

@@ -257,7 +257,7 @@ func (g *Gateway) forSessions(f func(*session)) {
 // onDoorbell routes a doorbell to its user's hub; a user with no hub here
 // has no socket here.
 func (g *Gateway) onDoorbell(m *nats.Msg) {
-	d, err := wire.DecodeDoorbell(m)
+	d, err := wire.DecodeDoorbell(m.Header, m.Data)
 	if err != nil {
 		g.m.doorbellBad.Inc()
 		g.log.Debug("bad doorbell", "error", err)
@@ -279,7 +279,7 @@ func (g *Gateway) onDoorbell(m *nats.Msg) {
 // onBroadcast hands a broadcast to every session. A session whose control
 // queue is full misses it: broadcasts are live-only and best effort.
 func (g *Gateway) onBroadcast(m *nats.Msg) {
-	frame, err := wire.DecodeBroadcast(m)
+	frame, err := wire.DecodeBroadcast(m.Header, m.Data)
 	if err != nil {
 		g.log.Debug("bad broadcast", "error", err)
 		return

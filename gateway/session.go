@@ -232,7 +232,7 @@ func (s *session) next(ctx context.Context) (frames [][]byte, live []int64, err 
 		if gap := s.gapBefore(m.Seq, m.Prev, notFromHub); gap != nil {
 			frames, live = append(frames, gap), append(live, -1)
 		}
-		frames, live = append(frames, wire.EncodeNotification(m.Seq, m.ID, m.Data, m.TS)), append(live, 0)
+		frames, live = append(frames, frameOf(m.Seq, m.ID, m.Data, m.TS)), append(live, 0)
 		s.cursor = m.Seq
 	}
 	g.m.replayed.Add(float64(len(msgs)))

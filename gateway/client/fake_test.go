@@ -212,7 +212,8 @@ func (s *socket) hello(epoch string, cursor uint64) {
 
 func (s *socket) notify(seqs ...uint64) {
 	for _, seq := range seqs {
-		s.write(wire.EncodeNotification(seq, fmt.Sprintf("n%d", seq), fmt.Appendf(nil, `{"n":%d}`, seq), time.Now()))
+		b, _ := wire.EncodeNotification(seq, fmt.Sprintf("n%d", seq), fmt.Appendf(nil, `{"n":%d}`, seq), time.Now())
+		s.write(b)
 	}
 }
 

@@ -1,13 +1,10 @@
 package wire
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
 	"time"
-
-	"github.com/nats-io/nats.go"
 )
 
 // Headers of log messages and doorbells.
@@ -38,53 +35,75 @@ type Doorbell struct {
 	Data       []byte
 }
 
-// Msg encodes the doorbell as a NATS message to the gateway's subject.
-func (d Doorbell) Msg(gatewayID string) *nats.Msg {
-	m := nats.NewMsg(GatewaySubject(gatewayID))
-	m.Header.Set(HeaderUser, UserKey(d.User))
-	m.Header.Set(HeaderSeq, strconv.FormatUint(d.Seq, 10))
-	m.Header.Set(HeaderEpoch, d.Epoch)
-	if d.HasContent {
-		m.Header.Set(HeaderPrev, strconv.FormatUint(d.Prev, 10))
-		m.Header.Set(HeaderID, d.ID)
-		m.Header.Set(HeaderTS, FormatTS(d.TS))
-		m.Data = d.Data
+// Header is a NATS message header. nats.Header has the same underlying
+// type, so values pass between them as they are; wire itself depends on
+// nothing but the standard library, for the clients that import it. Keys
+// are case-sensitive, as in NATS.
+type Header = map[string][]string
+
+func get(h Header, key string) string {
+	if v := h[key]; len(v) > 0 {
+		return v[0]
 	}
-	return m
+	return ""
 }
 
-// DecodeDoorbell decodes and checks a doorbell.
-func DecodeDoorbell(m *nats.Msg) (Doorbell, error) {
-	if m.Header == nil {
+// Header encodes the doorbell's headers. The message's body is Body; both go
+// to GatewaySubject of the owner.
+func (d Doorbell) Header() Header {
+	h := Header{
+		HeaderUser:  {UserKey(d.User)},
+		HeaderSeq:   {strconv.FormatUint(d.Seq, 10)},
+		HeaderEpoch: {d.Epoch},
+	}
+	if d.HasContent {
+		h[HeaderPrev] = []string{strconv.FormatUint(d.Prev, 10)}
+		h[HeaderID] = []string{d.ID}
+		h[HeaderTS] = []string{FormatTS(d.TS)}
+	}
+	return h
+}
+
+// Body is the doorbell message's body: the data when it carries content.
+func (d Doorbell) Body() []byte {
+	if d.HasContent {
+		return d.Data
+	}
+	return nil
+}
+
+// DecodeDoorbell decodes and checks a doorbell's headers and body.
+func DecodeDoorbell(h Header, body []byte) (Doorbell, error) {
+	if h == nil {
 		return Doorbell{}, errors.New("doorbell without headers")
 	}
-	user, err := UserFromKey(m.Header.Get(HeaderUser))
+	user, err := UserFromKey(get(h, HeaderUser))
 	if err != nil {
 		return Doorbell{}, fmt.Errorf("doorbell: %w", err)
 	}
-	seq, err := strconv.ParseUint(m.Header.Get(HeaderSeq), 10, 64)
+	seq, err := strconv.ParseUint(get(h, HeaderSeq), 10, 64)
 	if err != nil || seq == 0 {
-		return Doorbell{}, fmt.Errorf("doorbell: bad seq %q", m.Header.Get(HeaderSeq))
+		return Doorbell{}, fmt.Errorf("doorbell: bad seq %q", get(h, HeaderSeq))
 	}
-	d := Doorbell{User: user, Seq: seq, Epoch: m.Header.Get(HeaderEpoch)}
-	prev := m.Header.Get(HeaderPrev)
+	d := Doorbell{User: user, Seq: seq, Epoch: get(h, HeaderEpoch)}
+	prev := get(h, HeaderPrev)
 	if prev == "" {
 		return d, nil
 	}
 	if d.Prev, err = strconv.ParseUint(prev, 10, 64); err != nil || d.Prev >= seq {
 		return Doorbell{}, fmt.Errorf("doorbell: bad prev %q for seq %d", prev, seq)
 	}
-	if d.TS, err = ParseTS(m.Header.Get(HeaderTS)); err != nil {
+	if d.TS, err = ParseTS(get(h, HeaderTS)); err != nil {
 		return Doorbell{}, fmt.Errorf("doorbell: bad timestamp: %w", err)
 	}
-	d.ID = m.Header.Get(HeaderID)
+	d.ID = get(h, HeaderID)
 	if err := ValidateID(d.ID); err != nil {
 		return Doorbell{}, fmt.Errorf("doorbell: %w", err)
 	}
-	if !json.Valid(m.Data) {
-		return Doorbell{}, errors.New("doorbell: data is not JSON")
+	if err := checkData(body); err != nil {
+		return Doorbell{}, fmt.Errorf("doorbell: %w", err)
 	}
-	d.HasContent, d.Data = true, m.Data
+	d.HasContent, d.Data = true, body
 	return d, nil
 }
 
@@ -105,25 +124,27 @@ type GatewayStats struct {
 	Gateway string `json:"gateway"`
 	Sockets int    `json:"sockets"`
 	Users   int    `json:"users"`
+	// MovesPending counts the users the gateway is still to move (a ring
+	// change, a drain): dispatchers keep ringing it as a previous owner
+	// while there are any.
+	MovesPending int `json:"moves_pending"`
 }
 
-// BroadcastMsg encodes a live-only broadcast for every gateway: the data as
-// the body, the publish time in a header.
-func BroadcastMsg(data []byte, ts time.Time) *nats.Msg {
-	m := nats.NewMsg(BroadcastSubject)
-	m.Header.Set(HeaderTS, FormatTS(ts))
-	m.Data = data
-	return m
+// BroadcastHeader is the header of a live-only broadcast for every gateway
+// (on BroadcastSubject): the publish time. The body is the data.
+func BroadcastHeader(ts time.Time) Header {
+	return Header{HeaderTS: {FormatTS(ts)}}
 }
 
 // DecodeBroadcast decodes a broadcast into the frame the gateway sends.
-func DecodeBroadcast(m *nats.Msg) ([]byte, error) {
-	ts, err := ParseTS(m.Header.Get(HeaderTS))
+func DecodeBroadcast(h Header, body []byte) ([]byte, error) {
+	ts, err := ParseTS(get(h, HeaderTS))
 	if err != nil {
 		return nil, fmt.Errorf("broadcast: bad timestamp: %w", err)
 	}
-	if !json.Valid(m.Data) {
-		return nil, errors.New("broadcast: data is not JSON")
+	frame, err := EncodeBroadcast(body, ts)
+	if err != nil {
+		return nil, fmt.Errorf("broadcast: %w", err)
 	}
-	return Encode(Broadcast{Type: TypeBroadcast, Data: m.Data, TS: FormatTS(ts)}), nil
+	return frame, nil
 }

@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strconv"
 	"time"
+	"unicode/utf8"
 )
 
 // Frame types.
@@ -140,23 +142,87 @@ func FormatTS(t time.Time) string { return t.UTC().Format(time.RFC3339Nano) }
 // ParseTS parses a timestamp written by FormatTS.
 func ParseTS(s string) (time.Time, error) { return time.Parse(time.RFC3339Nano, s) }
 
+// MaxFrameOverhead bounds what a notification or broadcast frame adds to its
+// data: the type, seq, escaped id and timestamp.
+const MaxFrameOverhead = 512
+
+// ErrBadData marks data that cannot go into a frame as it is: not one valid
+// JSON value in valid UTF-8. A gateway turns a log message with such data
+// into a gap rather than send a frame a client cannot read.
+var ErrBadData = errors.New("data is not valid JSON in UTF-8")
+
 // EncodeNotification encodes a notification frame. The gateway encodes each
-// message once and writes the same bytes to every socket.
-func EncodeNotification(seq uint64, id string, data []byte, ts time.Time) []byte {
-	if len(data) == 0 {
-		data = []byte("null")
+// message once and writes the same bytes to every socket. data goes into the
+// frame byte for byte, as it was posted (it was validated as JSON then):
+// re-encoding it would compact it and escape <, > and & six-fold, so a
+// 64 KiB payload could become a 390 KB frame. The frame is at most
+// len(data) + MaxFrameOverhead bytes. It fails, with ErrBadData or an
+// invalid id, for a message no client should be sent.
+func EncodeNotification(seq uint64, id string, data []byte, ts time.Time) ([]byte, error) {
+	if err := checkData(data); err != nil {
+		return nil, err
 	}
-	b, _ := json.Marshal(Notification{Type: TypeNotification, Seq: seq, ID: id, Data: data, TS: FormatTS(ts)})
-	return b
+	if err := ValidateID(id); err != nil {
+		return nil, err
+	}
+	b := make([]byte, 0, len(data)+96+2*len(id))
+	b = append(b, `{"type":"notification","seq":`...)
+	b = strconv.AppendUint(b, seq, 10)
+	b = append(b, `,"id":`...)
+	b = appendString(b, id)
+	b = append(b, `,"data":`...)
+	b = append(b, data...)
+	b = append(b, `,"ts":"`...)
+	b = ts.UTC().AppendFormat(b, time.RFC3339Nano)
+	return append(b, `"}`...), nil
 }
 
-// Encode encodes any of the frame structs, server's or client's.
+// EncodeBroadcast encodes a broadcast frame, data byte for byte as posted.
+func EncodeBroadcast(data []byte, ts time.Time) ([]byte, error) {
+	if err := checkData(data); err != nil {
+		return nil, err
+	}
+	b := make([]byte, 0, len(data)+64)
+	b = append(b, `{"type":"broadcast","data":`...)
+	b = append(b, data...)
+	b = append(b, `,"ts":"`...)
+	b = ts.UTC().AppendFormat(b, time.RFC3339Nano)
+	return append(b, `"}`...), nil
+}
+
+// checkData accepts one JSON value, surrounded by nothing, in valid UTF-8
+// (a WebSocket text frame must be UTF-8: a browser fails the connection on
+// anything else, and the client would resume into the same frame forever).
+func checkData(data []byte) error {
+	if len(data) == 0 || !utf8.Valid(data) || !json.Valid(data) ||
+		isSpace(data[0]) || isSpace(data[len(data)-1]) {
+		return ErrBadData
+	}
+	return nil
+}
+
+func isSpace(c byte) bool { return c == ' ' || c == '\t' || c == '\r' || c == '\n' }
+
+// appendString appends s as a JSON string without HTML escaping.
+func appendString(b []byte, s string) []byte {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	enc.Encode(s) // a string always encodes
+	return append(b, bytes.TrimSuffix(buf.Bytes(), []byte("\n"))...)
+}
+
+// Encode encodes any of the frame structs, server's or client's, without
+// HTML escaping (frames are not HTML, and what a client sent or a backend
+// posted should read back unchanged).
 func Encode(v any) []byte {
-	b, err := json.Marshal(v)
-	if err != nil {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
 		panic(fmt.Sprintf("wire: encoding %T: %v", v, err)) // only our own structs come here
 	}
-	return b
+	return bytes.TrimSuffix(buf.Bytes(), []byte("\n"))
 }
 
 // PongFrame is the reply to a ping.

@@ -29,6 +29,15 @@ const (
 	CloseNormal         = 1000
 )
 
+// Close is how a gateway ends a socket: the code tells the client what to do
+// next, the reason (at most 123 bytes) is for people.
+type Close struct {
+	Code   int
+	Reason string
+}
+
+func (c Close) Error() string { return fmt.Sprintf("close %d: %s", c.Code, c.Reason) }
+
 // Limits on what clients send.
 const (
 	MaxUserBytes  = 256

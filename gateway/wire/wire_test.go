@@ -7,8 +7,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/nats-io/nats.go"
 )
 
 func TestDecodeClientFrame(t *testing.T) {
@@ -49,7 +47,7 @@ func TestServerFramesRoundTrip(t *testing.T) {
 	}{
 		{Encode(Hello{Type: TypeHello, Gateway: "gw-1", User: "alice", Epoch: "e1", Cursor: 9}),
 			ServerFrame{Type: TypeHello, Gateway: "gw-1", User: "alice", Epoch: "e1", Cursor: 9}},
-		{EncodeNotification(12, "n-1", []byte(`{"x":1}`), ts),
+		{must(EncodeNotification(12, "n-1", []byte(`{"x":1}`), ts)),
 			ServerFrame{Type: TypeNotification, Seq: 12, ID: "n-1", Data: json.RawMessage(`{"x":1}`), TS: "2026-11-26T12:00:00.123456789Z"}},
 		{Encode(Gap{Type: TypeGap, Epoch: "e2", After: 40, Next: 3}),
 			ServerFrame{Type: TypeGap, Epoch: "e2", After: 40, Next: 3}},
@@ -66,10 +64,6 @@ func TestServerFramesRoundTrip(t *testing.T) {
 			t.Errorf("DecodeServerFrame(%s) = %+v, want %+v", tc.b, got, tc.want)
 		}
 	}
-	// A notification whose data is empty is sent as null, still valid JSON.
-	if b := EncodeNotification(1, "i", nil, ts); !json.Valid(b) || !bytes.Contains(b, []byte(`"data":null`)) {
-		t.Errorf("EncodeNotification with no data = %s", b)
-	}
 	for _, in := range []string{`{"type":"notification"}`, `{"type":"gap","next":0,"epoch":"e"}`, `{"type":"gap","next":3}`,
 		`{"type":"moved"}`, `{"type":"hello","gateway":"g","epoch":"e"}`, `{"type":"what"}`, `{"type":"what"`, `{}`} {
 		_, err := DecodeServerFrame([]byte(in))
@@ -81,6 +75,63 @@ func TestServerFramesRoundTrip(t *testing.T) {
 		if unknown := in == `{"type":"what"}`; errors.Is(err, ErrUnknownType) != unknown {
 			t.Errorf("DecodeServerFrame(%s): %v; unknown type: %v, want %v", in, err, errors.Is(err, ErrUnknownType), unknown)
 		}
+	}
+}
+
+func must(b []byte, err error) []byte {
+	if err != nil {
+		panic(err)
+	}
+	return b
+}
+
+// The data a backend posted reaches the socket byte for byte: no HTML
+// escaping, no compaction, nothing re-encoded; and the frame is at most
+// MaxFrameOverhead bytes larger.
+func TestFramesCarryDataVerbatim(t *testing.T) {
+	ts := time.Date(2026, 11, 26, 12, 0, 0, 123456789, time.UTC)
+	worstID := strings.Repeat("\u2028", MaxIDBytes/3) + strings.Repeat(`"`, MaxIDBytes%3)
+	for _, data := range []string{
+		strings.Repeat("<", 65000),
+		`"` + strings.Repeat("<>&", 21000) + `"`,
+		`{ "a" : [ 1 , 2 ] ,"b":"\u2028\u2029 \ud83d\ude00"}`,
+		"\"\u2028\u2029\"",
+		`18446744073709551616`,
+		strings.Repeat("[", 500) + strings.Repeat("]", 500),
+		`"\ud800"`,
+	} {
+		if !json.Valid([]byte(data)) {
+			data = `"` + data + `"`
+		}
+		for _, id := range []string{"n-1", worstID} {
+			b, err := EncodeNotification(1<<63, id, []byte(data), ts)
+			if err != nil {
+				t.Fatalf("EncodeNotification(%.20q): %v", data, err)
+			}
+			if len(b) > len(data)+MaxFrameOverhead {
+				t.Errorf("frame of %d bytes for %d bytes of data and a %d-byte id", len(b), len(data), len(id))
+			}
+			f, err := DecodeServerFrame(b)
+			if err != nil || string(f.Data) != data || f.ID != id || f.Seq != 1<<63 {
+				t.Fatalf("frame for %.20q does not carry it verbatim: %.80s, %v", data, b, err)
+			}
+		}
+		b, err := EncodeBroadcast([]byte(data), ts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f, err := DecodeServerFrame(b)
+		if err != nil || string(f.Data) != data || len(b) > len(data)+MaxFrameOverhead {
+			t.Fatalf("broadcast frame for %.20q: %.80s, %v", data, b, err)
+		}
+	}
+	for _, bad := range []string{"", "{", " 1", "1 ", "\xff", `"\xff"`, "1 2", "null x"} {
+		if b, err := EncodeNotification(1, "x", []byte(bad), ts); !errors.Is(err, ErrBadData) {
+			t.Errorf("EncodeNotification(%q) = %s, %v; want ErrBadData", bad, b, err)
+		}
+	}
+	if _, err := EncodeNotification(1, "bad\x00id", []byte("1"), ts); err == nil {
+		t.Error("EncodeNotification with an invalid id succeeded")
 	}
 }
 
@@ -133,11 +184,7 @@ func TestDoorbellRoundTrip(t *testing.T) {
 		{User: "alice", Seq: 10, Epoch: "e", HasContent: true, Prev: 7, ID: "n1", TS: ts, Data: []byte(`{"a":[1,2]}`)},
 		{User: "bob.x", Seq: 3, Epoch: "e"},
 	} {
-		m := d.Msg("gw-1")
-		if m.Subject != "herald.gw.gw-1" {
-			t.Fatalf("subject %q", m.Subject)
-		}
-		got, err := DecodeDoorbell(m)
+		got, err := DecodeDoorbell(d.Header(), d.Body())
 		if err != nil {
 			t.Fatalf("DecodeDoorbell: %v", err)
 		}
@@ -150,20 +197,27 @@ func TestDoorbellRoundTrip(t *testing.T) {
 
 func TestDecodeDoorbellRejects(t *testing.T) {
 	good := Doorbell{User: "alice", Seq: 10, Epoch: "e", HasContent: true, Prev: 7, ID: "n1", TS: time.Now(), Data: []byte(`1`)}
-	for name, edit := range map[string]func(m *nats.Msg){
-		"no headers": func(m *nats.Msg) { m.Header = nil },
-		"bad user":   func(m *nats.Msg) { m.Header.Set(HeaderUser, "!!") },
-		"no seq":     func(m *nats.Msg) { m.Header.Del(HeaderSeq) },
-		"seq 0":      func(m *nats.Msg) { m.Header.Set(HeaderSeq, "0") },
-		"prev ≥ seq": func(m *nats.Msg) { m.Header.Set(HeaderPrev, "10") },
-		"bad prev":   func(m *nats.Msg) { m.Header.Set(HeaderPrev, "x") },
-		"bad ts":     func(m *nats.Msg) { m.Header.Set(HeaderTS, "yesterday") },
-		"no id":      func(m *nats.Msg) { m.Header.Del(HeaderID) },
-		"bad data":   func(m *nats.Msg) { m.Data = []byte("{") },
+	type msg struct {
+		h    Header
+		data []byte
+	}
+	for name, edit := range map[string]func(m *msg){
+		"no headers":  func(m *msg) { m.h = nil },
+		"bad user":    func(m *msg) { m.h[HeaderUser] = []string{"!!"} },
+		"no seq":      func(m *msg) { delete(m.h, HeaderSeq) },
+		"seq 0":       func(m *msg) { m.h[HeaderSeq] = []string{"0"} },
+		"prev ≥ seq":  func(m *msg) { m.h[HeaderPrev] = []string{"10"} },
+		"bad prev":    func(m *msg) { m.h[HeaderPrev] = []string{"x"} },
+		"bad ts":      func(m *msg) { m.h[HeaderTS] = []string{"yesterday"} },
+		"no id":       func(m *msg) { delete(m.h, HeaderID) },
+		"bad data":    func(m *msg) { m.data = []byte("{") },
+		"not UTF-8":   func(m *msg) { m.data = []byte("\"\xff\"") },
+		"two values":  func(m *msg) { m.data = []byte("1 2") },
+		"padded data": func(m *msg) { m.data = []byte(" 1") },
 	} {
-		m := good.Msg("gw")
+		m := &msg{good.Header(), good.Body()}
 		edit(m)
-		if d, err := DecodeDoorbell(m); err == nil {
+		if d, err := DecodeDoorbell(m.h, m.data); err == nil {
 			t.Errorf("%s: DecodeDoorbell = %+v, want an error", name, d)
 		}
 	}
@@ -200,7 +254,7 @@ func FuzzDecodeClientFrame(f *testing.F) {
 }
 
 func FuzzDecodeServerFrame(f *testing.F) {
-	f.Add(EncodeNotification(1, "x", []byte(`{}`), time.Unix(0, 0)))
+	f.Add(must(EncodeNotification(1, "x", []byte(`{}`), time.Unix(0, 0))))
 	f.Add(Encode(Gap{Type: TypeGap, Epoch: "e", After: 1, Next: 2}))
 	f.Add([]byte(`{"type":"hello","gateway":"g","user":"u","epoch":"e"}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
@@ -215,28 +269,33 @@ func FuzzDecodeDoorbell(f *testing.F) {
 	f.Add("YWxpY2U", "10", "7", "2026-01-02T03:04:05Z", "n1", []byte(`{"a":1}`))
 	f.Add("", "0", "", "", "", []byte(nil))
 	f.Fuzz(func(t *testing.T, user, seq, prev, ts, id string, data []byte) {
-		m := nats.NewMsg("herald.gw.x")
-		m.Header.Set(HeaderUser, user)
-		m.Header.Set(HeaderSeq, seq)
+		h := Header{HeaderUser: {user}, HeaderSeq: {seq}, HeaderTS: {ts}, HeaderID: {id}}
 		if prev != "" {
-			m.Header.Set(HeaderPrev, prev)
+			h[HeaderPrev] = []string{prev}
 		}
-		m.Header.Set(HeaderTS, ts)
-		m.Header.Set(HeaderID, id)
-		m.Data = data
-		d, err := DecodeDoorbell(m)
+		d, err := DecodeDoorbell(h, data)
 		if err != nil {
 			return
 		}
 		if d.Seq == 0 || ValidateUser(d.User) != nil || (d.HasContent && (d.Prev >= d.Seq || !json.Valid(d.Data))) {
 			t.Fatalf("accepted %+v", d)
 		}
+		// What a gateway accepts, it can always put in a frame.
+		if d.HasContent {
+			b, err := EncodeNotification(d.Seq, d.ID, d.Data, d.TS)
+			if err != nil || len(b) > len(d.Data)+MaxFrameOverhead {
+				t.Fatalf("accepted %+v but EncodeNotification: %d bytes, %v", d, len(b), err)
+			}
+			if f, err := DecodeServerFrame(b); err != nil || !bytes.Equal(f.Data, d.Data) {
+				t.Fatalf("frame %s does not carry the data verbatim: %v", b, err)
+			}
+		}
 	})
 }
 
 func TestBroadcastRoundTrip(t *testing.T) {
 	ts := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
-	frame, err := DecodeBroadcast(BroadcastMsg([]byte(`{"x":1}`), ts))
+	frame, err := DecodeBroadcast(BroadcastHeader(ts), []byte(`{"x":1}`))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -244,8 +303,7 @@ func TestBroadcastRoundTrip(t *testing.T) {
 	if err != nil || f.Type != TypeBroadcast || string(f.Data) != `{"x":1}` || f.TS != FormatTS(ts) || f.Seq != 0 {
 		t.Fatalf("broadcast frame %s: %+v, %v", frame, f, err)
 	}
-	bad := BroadcastMsg([]byte(`{`), ts)
-	if _, err := DecodeBroadcast(bad); err == nil {
+	if _, err := DecodeBroadcast(BroadcastHeader(ts), []byte(`{`)); err == nil {
 		t.Fatal("broadcast with bad JSON accepted")
 	}
 }

@@ -29,6 +29,7 @@ const (
 	Unknown State = iota // the probe failed (e.g. NATS unreachable): count as alive
 	Alive                // a process answered for the ID
 	Dead                 // nobody answers for the ID
+	Silent               // NATS is up but nobody answered in time: failing, not dead
 )
 
 func (s State) String() string {
@@ -37,6 +38,8 @@ func (s State) String() string {
 		return "alive"
 	case Dead:
 		return "dead"
+	case Silent:
+		return "silent"
 	default:
 		return "unknown"
 	}
@@ -47,6 +50,10 @@ type Liveness struct {
 	State State
 	// Instance is the nonce the live process answered with.
 	Instance string
+	// Healthy is the live process's own verdict: it can deliver. Reason
+	// says why not.
+	Healthy bool
+	Reason  string
 }
 
 // Probe asks whether a process currently answers for gateway ID id. It must
