@@ -238,10 +238,13 @@ func (h *hub) push(e entry) {
 			keep++
 			bytes += len(h.buf[len(h.buf)-keep].frame)
 		}
-		over := len(h.buf) - keep
-		h.base = h.buf[over-1].seq
-		h.buf = append(h.buf[:0:0], h.buf[over:]...)
-		h.bufBytes = bytes
+		// A single entry larger than BufferBytes is kept alone: there is
+		// nothing older to cut.
+		if over := len(h.buf) - keep; over > 0 {
+			h.base = h.buf[over-1].seq
+			h.buf = append(h.buf[:0:0], h.buf[over:]...)
+			h.bufBytes = bytes
+		}
 	}
 	h.head = e.seq
 	for s := range h.sessions {
