@@ -69,7 +69,11 @@ func (f *faultyDoorbells) stop() {
 // scrape reads one sample from a gateway's /metrics: name with its labels,
 // exactly as exposed (e.g. `herald_log_reads_total{reason="repair"}`).
 func scrape(wsURL, name string) (float64, bool) {
-	resp, err := http.Get(strings.Replace(strings.TrimSuffix(wsURL, "/ws"), "ws://", "http://", 1) + "/metrics")
+	admin, ok := adminURLs.Load(wsURL)
+	if !ok {
+		return 0, false
+	}
+	resp, err := http.Get(admin.(string) + "/metrics")
 	if err != nil {
 		return 0, false
 	}

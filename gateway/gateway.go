@@ -10,11 +10,12 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/coder/websocket"
 	"github.com/hashicorp/consul/api"
 	"github.com/heraldpush/herald/gateway/inbox"
 	"github.com/heraldpush/herald/gateway/token"
@@ -31,10 +32,18 @@ type Config struct {
 	// ID is the gateway ID: [A-Za-z0-9_-]{1,64}, unique in the cluster.
 	// Required.
 	ID string
-	// Listener serves /ws and the health endpoints. If nil, Run listens on
+	// Listener serves /ws, /healthz and /readyz. If nil, Run listens on
 	// Addr.
 	Listener net.Listener
 	Addr     string
+	// AdminListener serves operators: /metrics, /healthz, /readyz, and
+	// /debug/pprof/ when Pprof is set. If nil, Run listens on AdminAddr; if
+	// that is empty too, there is no admin listener.
+	AdminListener net.Listener
+	AdminAddr     string
+	// Pprof serves the runtime profiles on the admin listener. Off by
+	// default: profiles cost CPU and show internals.
+	Pprof bool
 	// PublicURL is the WebSocket URL clients use to reach this gateway, as
 	// registered in Consul (meta ws_url). Required.
 	PublicURL string
@@ -58,6 +67,9 @@ type Config struct {
 	// TokenSecrets verify user tokens; any of them may have signed one.
 	// Required.
 	TokenSecrets [][]byte
+	// TokenAudience and TokenIssuer, if set, are required in every user
+	// token's aud and iss claims.
+	TokenAudience, TokenIssuer string
 	// OriginPatterns are the browser origins allowed to open sockets
 	// (coder/websocket AcceptOptions.OriginPatterns). Same-host requests
 	// are always allowed.
@@ -72,8 +84,25 @@ type Config struct {
 	// PingInterval between WebSocket pings that detect dead peers. If zero,
 	// 30s.
 	PingInterval time.Duration
-	// MaxSocketsPerUser; one more is closed with 4009. If zero, 8.
+	// MaxSocketsPerUser; one more is closed with 4009, before any work on
+	// the log. If zero, 8.
 	MaxSocketsPerUser int
+	// ConnectsPerUser and ConnectBurst are each user's connect budget on
+	// this gateway: a token bucket of ConnectBurst refilled at
+	// ConnectsPerUser a second; a connect over it is closed with 4009. If
+	// zero, 1 a second with a burst of twice MaxSocketsPerUser, so a user's
+	// devices all coming back after a ring change are never refused.
+	ConnectsPerUser float64
+	ConnectBurst    int
+	// MaxUnauthenticated bounds the sockets that have not sent their auth
+	// frame yet, and MaxUnauthenticatedPerAddr those from one client
+	// address; one more is closed with 1013 at once. If zero, 2000 and 200.
+	MaxUnauthenticated        int
+	MaxUnauthenticatedPerAddr int
+	// TrustedProxies are the addresses or CIDRs of proxies in front of the
+	// gateway whose X-Forwarded-For names the client's address; from any
+	// other peer the header is ignored.
+	TrustedProxies []string
 	// MaxSockets on this gateway; one more is closed with 1013. If zero,
 	// 19,000 (the process's file limit here is 20,000).
 	MaxSockets int
@@ -136,11 +165,28 @@ func (c *Config) fill() error {
 		"DrainConverge": int64(c.DrainConverge), "DrainTimeout": int64(c.DrainTimeout), "MaxSocketsPerUser": int64(c.MaxSocketsPerUser),
 		"MaxSockets": int64(c.MaxSockets), "BufferSize": int64(c.BufferSize), "BufferBytes": int64(c.BufferBytes), "ReadBatch": int64(c.ReadBatch),
 		"MaxReplays": int64(c.MaxReplays), "MovesPerSecond": int64(c.MovesPerSecond), "MaxFrameBytes": c.MaxFrameBytes,
+		"ConnectBurst": int64(c.ConnectBurst), "MaxUnauthenticated": int64(c.MaxUnauthenticated),
+		"MaxUnauthenticatedPerAddr": int64(c.MaxUnauthenticatedPerAddr),
 	} {
 		if v < 0 {
 			return fmt.Errorf("gateway: %s is negative", name)
 		}
 	}
+	if c.ConnectsPerUser < 0 {
+		return errors.New("gateway: ConnectsPerUser is negative")
+	}
+	c.fillLimits()
+	if c.Registry == nil {
+		c.Registry = prometheus.NewRegistry()
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	return nil
+}
+
+// fillLimits fills the zero durations and limits with their defaults.
+func (c *Config) fillLimits() {
 	c.TTL = cmp.Or(c.TTL, 6*time.Second)
 	c.AuthTimeout = cmp.Or(c.AuthTimeout, 5*time.Second)
 	c.WriteTimeout = cmp.Or(c.WriteTimeout, 10*time.Second)
@@ -150,6 +196,10 @@ func (c *Config) fill() error {
 	c.DrainConverge = cmp.Or(c.DrainConverge, 2*time.Second)
 	c.DrainTimeout = cmp.Or(c.DrainTimeout, 30*time.Second)
 	c.MaxSocketsPerUser = cmp.Or(c.MaxSocketsPerUser, 8)
+	c.ConnectsPerUser = cmp.Or(c.ConnectsPerUser, 1)
+	c.ConnectBurst = cmp.Or(c.ConnectBurst, 2*c.MaxSocketsPerUser)
+	c.MaxUnauthenticated = cmp.Or(c.MaxUnauthenticated, 2000)
+	c.MaxUnauthenticatedPerAddr = cmp.Or(c.MaxUnauthenticatedPerAddr, 200)
 	c.MaxSockets = cmp.Or(c.MaxSockets, 19_000)
 	c.BufferSize = cmp.Or(c.BufferSize, 64)
 	c.BufferBytes = cmp.Or(c.BufferBytes, 256<<10)
@@ -157,13 +207,6 @@ func (c *Config) fill() error {
 	c.MaxReplays = cmp.Or(c.MaxReplays, 64)
 	c.MovesPerSecond = cmp.Or(c.MovesPerSecond, 1000)
 	c.MaxFrameBytes = cmp.Or(c.MaxFrameBytes, 4<<10)
-	if c.Registry == nil {
-		c.Registry = prometheus.NewRegistry()
-	}
-	if c.Logger == nil {
-		c.Logger = slog.Default()
-	}
-	return nil
 }
 
 // Gateway is one socket server.
@@ -176,18 +219,21 @@ type Gateway struct {
 	link     *consul.Link // the NATS connection's uptime and downtime
 	probe    consul.Probe
 	m        *metrics
-	replays  chan struct{} // semaphore of concurrent session log reads
+	users    *users
+	edge     *edge
+	tasks    *tasks
+	epochs   epochGate
 
 	inbox atomic.Pointer[inbox.Log] // nil until the stream exists
 	epoch atomic.Pointer[string]
-	jsOK  atomic.Bool // the last JetStream call of the monitor succeeded
+	jsOK  atomic.Bool // the last epoch check succeeded
 	reg   atomic.Pointer[consul.Registration]
 	live  atomic.Pointer[nats.Subscription] // the liveness responder
 	serve atomic.Bool                       // accepting sockets
 	wake  chan struct{}                     // asks the monitor for an epoch check now
 
 	draining  atomic.Bool   // leaving: placement excludes this gateway
-	fenced    atomic.Bool   // cut off from Consul for longer than the hold
+	fenced    atomic.Bool   // cut off from NATS while the others pass
 	drainReq  chan struct{} // closed by Drain
 	drainOnce sync.Once
 
@@ -195,13 +241,8 @@ type Gateway struct {
 	due     map[string]time.Time // user → when to move it
 	without struct{ from, ring *ring.Ring }
 
-	conns sync.WaitGroup // socket handlers and the closes they start
-
 	mu       sync.Mutex // guards the following
-	hubs     map[string]*hub
-	sockets  int
-	runCtx   context.Context // ends when Run is stopping
-	open     map[*websocket.Conn]struct{}
+	open     map[conn]struct{}
 	stopping bool
 }
 
@@ -221,22 +262,42 @@ func New(cfg Config) (*Gateway, error) {
 		log:      cfg.Logger.With("gateway", cfg.ID),
 		verifier: v,
 		instance: hex.EncodeToString(b),
-		replays:  make(chan struct{}, cfg.MaxReplays),
 		wake:     make(chan struct{}, 1),
-		hubs:     make(map[string]*hub),
-		open:     make(map[*websocket.Conn]struct{}),
+		open:     make(map[conn]struct{}),
 		drainReq: make(chan struct{}),
 		due:      make(map[string]time.Time),
 	}
-	wc := cfg.Watch
 	g.link = consul.NewLink(cfg.NATS)
 	g.probe = consul.NATSProbe(g.link, wire.LiveSubject)
+	wc := cfg.Watch
 	wc.Client, wc.Probe, wc.Logger = cfg.Consul, g.probe, g.log
 	if g.watcher, err = consul.NewWatcher(wc); err != nil {
 		return nil, fmt.Errorf("gateway: %w", err)
 	}
-	g.m = newMetrics(g)
+	g.m = newMetrics(cfg.Registry)
+	g.registerGauges()
+	g.tasks = &tasks{onPanic: g.panicked}
+	if g.edge, err = newEdge(&g.cfg, g.m); err != nil {
+		return nil, fmt.Errorf("gateway: trusted proxies: %w", err)
+	}
+	g.epochs.refresh = func(ctx context.Context) (string, error) {
+		l := g.inbox.Load()
+		if l == nil {
+			return "", errNotReady
+		}
+		return l.Refresh(ctx)
+	}
+	u := newUsers(&g.cfg, g.log, g.m, g.tasks)
+	u.epoch, u.confirm, u.epochChanged, u.respond = g.currentEpoch, g.epochs.check, g.checkEpochSoon, g.respond
+	g.users = u
 	return g, nil
+}
+
+// panicked reports a recovered panic: logged with its stack, counted by
+// where it happened.
+func (g *Gateway) panicked(where string, v any, stack []byte) {
+	g.m.panics.WithLabelValues(where).Inc()
+	g.log.Error("recovered a panic", "where", where, "panic", fmt.Sprint(v), "stack", string(stack))
 }
 
 // Instance is this process's nonce, the answer to liveness requests.
@@ -253,16 +314,16 @@ func (g *Gateway) Ring() *ring.Ring {
 // has ended. It returns early with an error if it cannot listen, subscribe,
 // or claim its gateway ID.
 func (g *Gateway) Run(ctx context.Context) error {
-	ln := g.cfg.Listener
-	if ln == nil {
-		var err error
-		if ln, err = net.Listen("tcp", g.cfg.Addr); err != nil {
-			return fmt.Errorf("gateway: %w", err)
-		}
+	ln, admin, err := g.listen()
+	if err != nil {
+		return err
 	}
 	subs, err := g.subscribe()
 	if err != nil {
 		ln.Close()
+		if admin != nil {
+			admin.Close()
+		}
 		return err
 	}
 	defer func() {
@@ -271,23 +332,31 @@ func (g *Gateway) Run(ctx context.Context) error {
 		}
 	}()
 
-	srv := &http.Server{Handler: g.routes(), ReadHeaderTimeout: 10 * time.Second}
+	srv := g.newServer(g.publicRoutes())
+	servers := []*http.Server{srv}
 	ctx, stop := context.WithCancel(ctx)
 	defer stop()
 	eg, ctx := errgroup.WithContext(ctx)
-	g.mu.Lock()
-	g.runCtx = ctx
-	g.mu.Unlock()
-	eg.Go(func() error {
-		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
-			return fmt.Errorf("gateway: serve: %w", err)
-		}
-		return nil
-	})
+	g.users.ctx = ctx
+	serve := func(s *http.Server, ln net.Listener) {
+		eg.Go(func() error {
+			if err := s.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+				return fmt.Errorf("gateway: serve %s: %w", ln.Addr(), err)
+			}
+			return nil
+		})
+	}
+	serve(srv, ln)
+	if admin != nil {
+		asrv := g.newServer(g.adminRoutes())
+		servers = append(servers, asrv)
+		serve(asrv, admin)
+	}
 	eg.Go(func() error { g.link.Run(ctx); return nil })
 	eg.Go(func() error { return g.watcher.Run(ctx) })
 	eg.Go(func() error { return g.start(ctx) })
 	eg.Go(func() error { g.monitor(ctx); return nil })
+	eg.Go(func() error { g.watchLink(ctx); return nil })
 	eg.Go(func() error { g.mover(ctx); return nil })
 
 	select {
@@ -295,9 +364,29 @@ func (g *Gateway) Run(ctx context.Context) error {
 	case <-g.drainReq:
 		g.drain(ctx)
 	}
-	g.shutdown(srv)
+	g.shutdown(servers)
 	stop() // stops the goroutines of a gateway that drained
-	return eg.Wait()
+	err = eg.Wait()
+	g.stopSockets()
+	return err
+}
+
+// listen opens the public and admin listeners, unless given: first, so
+// that "address in use" is Run's error.
+func (g *Gateway) listen() (public, admin net.Listener, err error) {
+	public, admin = g.cfg.Listener, g.cfg.AdminListener
+	if public == nil {
+		if public, err = net.Listen("tcp", g.cfg.Addr); err != nil {
+			return nil, nil, fmt.Errorf("gateway: %w", err)
+		}
+	}
+	if admin == nil && g.cfg.AdminAddr != "" {
+		if admin, err = net.Listen("tcp", g.cfg.AdminAddr); err != nil {
+			public.Close()
+			return nil, nil, fmt.Errorf("gateway: admin listener: %w", err)
+		}
+	}
+	return public, admin, nil
 }
 
 // Drain makes Run leave gracefully: deregister from Consul and stop
@@ -327,9 +416,9 @@ func (g *Gateway) drain(ctx context.Context) {
 		return
 	}
 	g.planMoves("drain")
-	for g.stats().Sockets > 0 {
+	for sockets, _ := g.users.counts(); sockets > 0; sockets, _ = g.users.counts() {
 		if !sleep(ctx, 50*time.Millisecond) {
-			g.log.Warn("drain timed out; closing the rest", "sockets", g.stats().Sockets)
+			g.log.Warn("drain timed out; closing the rest", "sockets", sockets)
 			return
 		}
 	}
@@ -346,13 +435,15 @@ func (g *Gateway) start(ctx context.Context) error {
 			return nil
 		case <-changed:
 		}
+		_, changed = g.watcher.Ring()
 	}
 	for g.inbox.Load() == nil {
 		l, err := inbox.Open(ctx, g.cfg.NATS, g.cfg.Log)
 		if err == nil {
-			g.inbox.Store(l)
 			e := l.Epoch()
 			g.epoch.Store(&e)
+			g.inbox.Store(l)
+			g.users.src.Store(&logBox{l})
 			g.jsOK.Store(true)
 			break
 		}
@@ -380,7 +471,7 @@ func (g *Gateway) start(ctx context.Context) error {
 			return nil
 		}
 	}
-	live, err := g.cfg.NATS.Subscribe(wire.LiveSubject(g.cfg.ID), g.answerLiveness)
+	live, err := g.cfg.NATS.Subscribe(wire.LiveSubject(g.cfg.ID), g.guarded("liveness", g.answerLiveness))
 	if err != nil {
 		return fmt.Errorf("gateway: subscribe liveness: %w", err)
 	}
@@ -392,8 +483,9 @@ func (g *Gateway) start(ctx context.Context) error {
 	return nil
 }
 
-// health gates the Consul heartbeat: a gateway passes only while it can
-// deliver (NATS connected, JetStream answering) and has a ring.
+// health gates the Consul heartbeat and the liveness reply: a gateway is
+// healthy only while it can deliver (NATS connected, JetStream answering)
+// and has a ring.
 func (g *Gateway) health() error {
 	switch {
 	case !g.cfg.NATS.IsConnected():
@@ -406,44 +498,9 @@ func (g *Gateway) health() error {
 	return nil
 }
 
-// answerLiveness answers a liveness probe with this process's nonce and
-// health.
-func (g *Gateway) answerLiveness(m *nats.Msg) {
-	r := consul.LiveReply{Instance: g.instance, Healthy: true}
-	if err := g.health(); err != nil {
-		r.Healthy, r.Reason = false, err.Error()
-	}
-	m.Respond(r.Encode())
-}
-
-// subscribe listens for doorbells, broadcasts and stats requests.
-func (g *Gateway) subscribe() ([]*nats.Subscription, error) {
-	nc := g.cfg.NATS
-	handle := g.onDoorbell
-	if g.cfg.DoorbellHook != nil {
-		handle = g.cfg.DoorbellHook(handle)
-	}
-	var subs []*nats.Subscription
-	for subj, h := range map[string]nats.MsgHandler{
-		wire.GatewaySubject(g.cfg.ID): handle,
-		wire.BroadcastSubject:         g.onBroadcast,
-		wire.StatsSubject(g.cfg.ID):   g.onStats,
-	} {
-		s, err := nc.Subscribe(subj, h)
-		if err != nil {
-			for _, s := range subs {
-				s.Unsubscribe()
-			}
-			return nil, fmt.Errorf("gateway: subscribe %s: %w", subj, err)
-		}
-		s.SetPendingLimits(-1, 256<<20) // doorbells are small; never drop them for count
-		subs = append(subs, s)
-	}
-	return subs, nil
-}
-
-// shutdown deregisters, closes every socket and stops the HTTP server.
-func (g *Gateway) shutdown(srv *http.Server) {
+// shutdown deregisters, closes every socket with 1012 and stops the HTTP
+// servers.
+func (g *Gateway) shutdown(servers []*http.Server) {
 	g.serve.Store(false)
 	if reg := g.reg.Load(); reg != nil {
 		if err := reg.Close(); err != nil {
@@ -453,33 +510,36 @@ func (g *Gateway) shutdown(srv *http.Server) {
 	g.mu.Lock()
 	g.stopping = true
 	g.mu.Unlock()
-	for _, h := range g.hubList() {
-		h.closeAll(wire.CloseServiceRestart, "gateway shutting down")
+	for _, h := range g.users.list() {
+		h.closeAll(nil, closeShutdown)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	srv.Shutdown(ctx)
-	// Shutdown does not wait for hijacked (WebSocket) connections. Give
-	// the closing handshakes a moment, then cut whatever is left, such as
-	// sockets that never sent their auth frame.
-	done := make(chan struct{})
-	go func() { g.conns.Wait(); close(done) }()
-	select {
-	case <-done:
+	for _, s := range servers {
+		s.Shutdown(ctx)
+	}
+}
+
+// stopSockets waits for the socket handlers and every other counted
+// goroutine. Shutdown does not wait for hijacked (WebSocket) connections:
+// the closing handshakes get a moment, then whatever is left is cut, such
+// as sockets that never sent their auth frame.
+func (g *Gateway) stopSockets() {
+	g.tasks.close()
+	if g.tasks.wait(2 * time.Second) {
 		return
-	case <-time.After(2 * time.Second):
 	}
 	g.mu.Lock()
 	for c := range g.open {
 		c.CloseNow()
 	}
 	g.mu.Unlock()
-	<-done
+	g.tasks.wait(0)
 }
 
 // track remembers an accepted connection so shutdown can close it; false
 // if the gateway is stopping.
-func (g *Gateway) track(c *websocket.Conn) bool {
+func (g *Gateway) track(c conn) bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if g.stopping {
@@ -489,19 +549,24 @@ func (g *Gateway) track(c *websocket.Conn) bool {
 	return true
 }
 
-func (g *Gateway) untrack(c *websocket.Conn) {
+func (g *Gateway) untrack(c conn) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	delete(g.open, c)
 }
 
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
+// addrOf reads the address to register from the public URL.
+func addrOf(u string) (host string, port int) {
+	p, err := url.Parse(u)
+	if err != nil {
+		return "", 0
 	}
+	if ps := p.Port(); ps != "" {
+		port, _ = strconv.Atoi(ps)
+	} else if p.Scheme == "wss" {
+		port = 443
+	} else {
+		port = 80
+	}
+	return p.Hostname(), port
 }

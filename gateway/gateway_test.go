@@ -309,9 +309,11 @@ func TestEpochChangeClosesAndResumes(t *testing.T) {
 	a := auth(t, "alice")
 	a.Since, a.Epoch = cursor, oldEpoch
 	back := dial(t, url, a)
+	// The hello repeats the client's own cursor; the gap that follows
+	// moves it into the new epoch.
 	h := back.hello()
-	if h.Epoch == oldEpoch || h.Cursor != 0 {
-		t.Fatalf("hello after the new epoch: %+v", h)
+	if h.Epoch != oldEpoch || h.Cursor != cursor {
+		t.Fatalf("hello after the new epoch: %+v, want the client's own (%s, %d)", h, oldEpoch, cursor)
 	}
 	var want []uint64
 	for i := range 3 {
@@ -319,7 +321,7 @@ func TestEpochChangeClosesAndResumes(t *testing.T) {
 	}
 	waitFor(t, 5*time.Second, "the new notifications", func() bool { return len(back.notifications()) == 3 })
 	frames := back.got()
-	if frames[1].Type != wire.TypeGap || frames[1].After != cursor || frames[1].Epoch != h.Epoch {
+	if frames[1].Type != wire.TypeGap || frames[1].After != cursor || frames[1].Epoch != c.log.Epoch() || frames[1].Epoch == oldEpoch {
 		t.Fatalf("frames %+v: want hello, gap after %d in the new epoch", frames, cursor)
 	}
 	if got := back.notifications(); !equalSeqs(got, want) {

@@ -56,6 +56,10 @@ func waitFor(tb testing.TB, timeout time.Duration, what string, cond func() bool
 	}
 }
 
+// adminURLs maps each test gateway's public WebSocket URL to the base URL of
+// its admin listener, where its metrics are.
+var adminURLs sync.Map
+
 // cluster is real Consul and real NATS with JetStream, the log stream, and
 // the gateways a test starts.
 type cluster struct {
@@ -110,9 +114,14 @@ func (c *cluster) startGateway(id string, edit ...func(*gateway.Config)) *gw {
 		c.tb.Fatal(err)
 	}
 	url := "ws://" + ln.Addr().String() + "/ws"
+	admin, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		c.tb.Fatal(err)
+	}
+	adminURLs.Store(url, "http://"+admin.Addr().String())
 	nc := inboxtest.Connect(c.tb, c.urls, nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
 	cfg := gateway.Config{
-		ID: id, Listener: ln, PublicURL: url, NATS: nc, Consul: c.consul, TTL: 2 * time.Second,
+		ID: id, Listener: ln, AdminListener: admin, PublicURL: url, NATS: nc, Consul: c.consul, TTL: 2 * time.Second,
 		Log: c.log.Config(), TokenSecrets: [][]byte{secret}, Logger: logger(c.tb),
 		Watch:        consul.WatchConfig{QueryInterval: 50 * time.Millisecond, Debounce: 50 * time.Millisecond},
 		WriteTimeout: 2 * time.Second, AntiEntropy: 2 * time.Second,

@@ -3,16 +3,16 @@ package gateway
 import (
 	"context"
 	"sort"
-	"time"
-
 	"sync"
+	"time"
 
 	"github.com/heraldpush/herald/gateway/inbox"
 	"github.com/heraldpush/herald/gateway/wire"
 )
 
 // entry is one message of the user's chain, encoded once as a frame that
-// every session writes.
+// every session writes. A nil frame is a hole: a message that cannot be
+// sent, which sessions turn into a gap.
 type entry struct {
 	seq, prev uint64 // prev: the message's Herald-Prev
 	hubPrev   uint64 // the hub's head before it took the message
@@ -31,14 +31,24 @@ type waiter struct {
 // it, it only remembers the highest seq and reads the log.
 const maxPending = 256
 
+// maxWait bounds how long a wait=delivered request is remembered; the
+// dispatcher's own timeout is at most 30s.
+const maxWait = 35 * time.Second
+
+// leaderBatch bounds reads through the stream leader, which fetch one
+// message per round trip.
+const leaderBatch = 10
+
 // hub is one connected user's delivery state. All work for the user goes
 // through it, so two doorbells for one user are never handled at once.
+// Every method that takes mu releases it with defer: a recovered panic
+// must not leave the user's hub locked.
 type hub struct {
-	g     *Gateway
+	u     *users
 	user  string
 	ready chan struct{} // closed when init has finished; initErr is set then
 
-	mu        sync.Mutex // guards everything below
+	mu        sync.Mutex // guards everything below and its sessions' cursors
 	initErr   error
 	inited    bool
 	closed    bool
@@ -56,57 +66,24 @@ type hub struct {
 	waiters   []waiter
 }
 
-// join returns the user's hub, creating and initializing it if needed. The
-// caller must attach a session or call leave.
-func (g *Gateway) join(ctx context.Context, user string) (*hub, error) {
-	g.mu.Lock()
-	h := g.hubs[user]
-	created := h == nil
-	if created {
-		h = &hub{g: g, user: user, ready: make(chan struct{}), sessions: make(map[*session]struct{})}
-		g.hubs[user] = h
-	}
-	h.mu.Lock()
-	h.joining++
-	h.mu.Unlock()
-	g.mu.Unlock()
-
-	if created {
-		h.init(ctx)
-	}
-	select {
-	case <-h.ready:
-	case <-ctx.Done():
-		g.leave(h, nil)
-		return nil, ctx.Err()
-	}
-	h.mu.Lock()
-	err := h.initErr
-	h.mu.Unlock()
-	if err != nil {
-		g.leave(h, nil)
-		return nil, err
-	}
-	return h, nil
-}
-
-// init learns the user's head from the log. Doorbells that arrive meanwhile
-// wait in pending: the hub is in the map, so nothing is missed.
+// init learns the user's head from the log, in the epoch the gateway knows.
+// Doorbells that arrive meanwhile wait in pending: the hub is in the map,
+// so nothing is missed.
 func (h *hub) init(ctx context.Context) {
-	l := h.g.inbox.Load()
+	epoch := h.u.epoch()
 	var (
 		last  inbox.Message
 		found bool
-		err   error
+		err   = errNotReady
 	)
-	if l == nil {
-		err = errNotReady
-	} else {
+	if l := h.u.reader(); l != nil {
 		// Through the leader: a doorbell that came before this hub existed
 		// was dropped, so a replica lagging behind that append would hide
 		// the message until anti-entropy.
-		h.g.m.logReads.WithLabelValues("init").Inc()
-		last, found, err = l.Last(ctx, h.user, true)
+		h.u.m.logReads.WithLabelValues("init").Inc()
+		if last, found, err = l.Last(ctx, h.user, true); err == nil {
+			err = h.sameEpoch(ctx, epoch)
+		}
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -118,7 +95,7 @@ func (h *hub) init(ctx context.Context) {
 	if found {
 		h.head = last.Seq
 	}
-	h.base, h.epoch, h.inited = h.head, h.g.currentEpoch(), true
+	h.base, h.epoch, h.inited = h.head, epoch, true
 	pending := h.pending
 	h.pending = nil
 	for _, d := range pending {
@@ -127,52 +104,31 @@ func (h *hub) init(ctx context.Context) {
 	h.startRepair() // for a want raised while pending was full
 }
 
-// leave detaches s (nil when a join failed) and removes the hub from the
-// gateway when nobody is left.
-func (g *Gateway) leave(h *hub, s *session) {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if s != nil {
-		delete(h.sessions, s)
-		s.ended = true
-		g.sockets--
-	} else {
-		h.joining--
-	}
-	if len(h.sessions) == 0 && h.joining == 0 && !h.closed {
-		h.closed = true
-		if g.hubs[h.user] == h {
-			delete(g.hubs, h.user)
-		}
-	}
-}
-
-// attach adds s to the hub. It refuses with the close code to use when the
-// hub was closed meanwhile (its epoch ended: 1012) or the user has too many
-// sockets (4009); the caller then leaves.
-func (h *hub) attach(s *session) (refuse int) {
-	h.g.mu.Lock()
-	defer h.g.mu.Unlock()
-	h.mu.Lock()
-	defer h.mu.Unlock()
+// sameEpoch confirms that what the caller has just read came from the
+// stream of epoch: errStaleEpoch if the stream is another now.
+func (h *hub) sameEpoch(ctx context.Context, epoch string) error {
+	e, err := h.u.confirm(ctx)
 	switch {
-	case h.closed:
-		return wire.CloseServiceRestart
-	case len(h.sessions) >= h.g.cfg.MaxSocketsPerUser:
-		return wire.CloseTooManySockets
+	case err != nil:
+		return err
+	case e != epoch:
+		h.u.epochChanged()
+		return errStaleEpoch
 	}
-	h.joining--
-	h.sessions[s] = struct{}{}
-	h.g.sockets++
-	return 0
+	return nil
 }
 
 // doorbell handles a doorbell for the user; reply, if set, waits for an ack.
 func (h *hub) doorbell(d wire.Doorbell, reply string) {
+	answer := h.doorbellAnswer(d, reply)
+	if answer != "" {
+		h.u.respond(reply, answer)
+	}
+}
+
+func (h *hub) doorbellAnswer(d wire.Doorbell, reply string) (answer string) {
 	h.mu.Lock()
-	var answer string
+	defer h.mu.Unlock()
 	switch {
 	case reply == "":
 	case h.closed || len(h.sessions) == 0 && h.joining == 0:
@@ -185,18 +141,11 @@ func (h *hub) doorbell(d wire.Doorbell, reply string) {
 	if !h.closed {
 		h.doorbellLocked(d)
 	}
-	h.mu.Unlock()
-	if answer != "" {
-		h.g.respond(reply, answer)
-	}
+	return answer
 }
 
-// maxWait bounds how long a wait=delivered request is remembered; the
-// dispatcher's own timeout is at most 30s.
-const maxWait = 35 * time.Second
-
 func (h *hub) doorbellLocked(d wire.Doorbell) {
-	m := h.g.m
+	m := h.u.m
 	if !h.inited {
 		if len(h.pending) < maxPending {
 			h.pending = append(h.pending, d)
@@ -206,17 +155,21 @@ func (h *hub) doorbellLocked(d wire.Doorbell) {
 		return
 	}
 	if d.Epoch != "" && d.Epoch != h.epoch {
-		// From another incarnation of the log, or a dispatcher that has not
-		// noticed a new one: the log decides.
-		h.g.checkEpochSoon()
-		d.HasContent = false
+		// From another incarnation of the log, or from a dispatcher that
+		// has not noticed a new one: the log decides, and this hub must not
+		// read a stream that may not be its own. Anti-entropy finds the
+		// message if the epoch is ours after all.
+		m.doorbellOtherEpoch.Inc()
+		h.u.epochChanged()
+		return
 	}
 	switch {
 	case d.Seq <= h.head:
 		m.doorbellOld.Inc()
 	case d.HasContent && d.Prev <= h.head:
 		m.doorbellNext.Inc()
-		h.push(entry{seq: d.Seq, prev: d.Prev, ts: d.TS, frame: frameOf(d.Seq, d.ID, d.Data, d.TS)})
+		h.push(entry{seq: d.Seq, prev: d.Prev, ts: d.TS,
+			frame: h.u.frame(h.epoch, h.user, inbox.Message{Seq: d.Seq, Prev: d.Prev, ID: d.ID, TS: d.TS, Data: d.Data})})
 	default:
 		m.doorbellRepair.Inc()
 		h.want = max(h.want, d.Seq)
@@ -228,11 +181,12 @@ func (h *hub) doorbellLocked(d wire.Doorbell) {
 // buffer grows to twice BufferSize entries or BufferBytes before it is cut
 // back to at most BufferSize entries and half BufferBytes (always keeping
 // the newest), so trimming costs one copy per many messages, not one each.
+// h.mu is held.
 func (h *hub) push(e entry) {
 	e.hubPrev = h.head
 	h.buf = append(h.buf, e)
 	h.bufBytes += len(e.frame)
-	if n, max := h.g.cfg.BufferSize, h.g.cfg.BufferBytes; len(h.buf) > 2*n || h.bufBytes > max {
+	if n, max := h.u.cfg.BufferSize, h.u.cfg.BufferBytes; len(h.buf) > 2*n || h.bufBytes > max {
 		keep, bytes := 1, len(h.buf[len(h.buf)-1].frame)
 		for keep < len(h.buf) && keep < n && bytes+len(h.buf[len(h.buf)-keep-1].frame) <= max/2 {
 			keep++
@@ -252,57 +206,89 @@ func (h *hub) push(e entry) {
 	}
 }
 
-// startRepair starts the repair goroutine unless it runs already.
+// startRepair starts the repair goroutine unless it runs already. h.mu is
+// held.
 func (h *hub) startRepair() {
 	if h.repairing || h.head >= h.want {
 		return
 	}
-	h.repairing = true
-	go h.repair()
+	if h.u.tasks.goNamed("repair", h.repair) {
+		h.repairing = true
+	}
 }
 
 // repair reads the chain from the log after head until it reaches want. A
 // read that finds less than a doorbell proved exists (a lagging replica) is
 // retried through the stream leader; if even the leader has nothing, the
-// doorbell was from another epoch and the monitor checks.
+// doorbell was from another epoch and the gateway checks. A panic here
+// costs the user's sockets, not the process.
 func (h *hub) repair() {
-	ctx := h.g.context()
-	l := h.g.inbox.Load()
+	done := false
+	defer h.u.tasks.recover("hub", func() {
+		if !done {
+			h.u.fail(h)
+		}
+	})
+	ctx := h.u.ctx
+	l := h.u.reader()
 	failures := 0
 	for {
-		h.mu.Lock()
-		if h.closed || h.head >= h.want || l == nil {
-			h.repairing = false
-			h.mu.Unlock()
+		after, want, epoch, ok := h.repairFrom(l)
+		if !ok {
+			done = true
 			return
 		}
-		after, want := h.head, h.want
-		h.mu.Unlock()
-
-		msgs, err := h.g.readAfter(ctx, l, h.user, after, "repair")
+		msgs, err := readAfter(ctx, h.u, l, h.user, after, "repair")
+		if err == nil && len(msgs) > 0 {
+			err = h.sameEpoch(ctx, epoch)
+		}
 		if err != nil || len(msgs) == 0 {
 			failures++
-			if err == nil || failures > 3 || !sleep(ctx, 100*time.Millisecond<<failures) {
+			if err == nil || err == errStaleEpoch || failures > 3 || !sleep(ctx, 100*time.Millisecond<<failures) {
 				if err == nil {
-					h.g.log.Warn("log has nothing a doorbell said exists; checking the epoch", "user", h.user, "after", after, "want", want)
-					h.g.checkEpochSoon()
+					h.u.log.Warn("log has nothing a doorbell said exists; checking the epoch", "user", h.user, "after", after, "want", want)
+					h.u.epochChanged()
 				}
-				h.mu.Lock()
-				h.want = h.head // anti-entropy tries again later
-				h.repairing = false
-				h.mu.Unlock()
+				h.giveUpRepair()
+				done = true
 				return
 			}
 			continue
 		}
 		failures = 0
-		h.mu.Lock()
-		for _, m := range msgs {
-			if m.Seq > h.head {
-				h.push(entry{seq: m.Seq, prev: m.Prev, ts: m.TS, frame: frameOf(m.Seq, m.ID, m.Data, m.TS)})
-			}
+		h.take(msgs)
+	}
+}
+
+// repairFrom returns where the repair continues; false when it is done (and
+// then no longer marked running).
+func (h *hub) repairFrom(l logReader) (after, want uint64, epoch string, ok bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.closed || h.head >= h.want || l == nil {
+		h.repairing = false
+		return 0, 0, "", false
+	}
+	return h.head, h.want, h.epoch, true
+}
+
+// giveUpRepair ends a repair that could not read; anti-entropy tries again
+// later.
+func (h *hub) giveUpRepair() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.want = h.head
+	h.repairing = false
+}
+
+// take pushes the messages read from the log that lie past the head.
+func (h *hub) take(msgs []inbox.Message) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, m := range msgs {
+		if m.Seq > h.head && !h.closed {
+			h.push(entry{seq: m.Seq, prev: m.Prev, ts: m.TS, frame: h.u.frame(h.epoch, h.user, m)})
 		}
-		h.mu.Unlock()
 	}
 }
 
@@ -310,36 +296,40 @@ func (h *hub) repair() {
 // reason. A read that finds nothing where the caller knows messages exist
 // may have hit a lagging replica, so it asks the stream leader before
 // returning nothing.
-func (g *Gateway) readAfter(ctx context.Context, l *inbox.Log, user string, after uint64, reason string) ([]inbox.Message, error) {
-	g.m.logReads.WithLabelValues(reason).Inc()
-	msgs, err := l.ReadAfter(ctx, user, after, g.cfg.ReadBatch)
+func readAfter(ctx context.Context, u *users, l logReader, user string, after uint64, reason string) ([]inbox.Message, error) {
+	u.m.logReads.WithLabelValues(reason).Inc()
+	msgs, err := l.ReadAfter(ctx, user, after, u.cfg.ReadBatch)
 	if err == nil && len(msgs) == 0 {
-		g.m.logReads.WithLabelValues("leader").Inc()
+		u.m.logReads.WithLabelValues("leader").Inc()
 		msgs, err = l.ReadAfterLeader(ctx, user, after, leaderBatch)
 	}
 	return msgs, err
 }
 
-// sync is anti-entropy's finding: the log's last seq for the user.
-func (h *hub) sync(logHead uint64) {
+// sync is anti-entropy's finding: the log's last seq for the user, read
+// from the stream of epoch.
+func (h *hub) sync(logHead uint64, epoch string) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.closed || !h.inited {
 		return
 	}
 	switch {
+	case epoch != h.epoch:
+		h.u.epochChanged()
 	case logHead > h.head:
-		h.g.m.antiEntropyRepairs.Inc()
+		h.u.m.antiEntropyRepairs.Inc()
 		h.want = max(h.want, logHead)
 		h.startRepair()
 	case logHead < h.head:
-		// The log went backwards: recreated (a new epoch) or purged.
-		h.g.checkEpochSoon()
+		// The log went backwards: recreated, or it lost its tail (the
+		// dispatchers record a new epoch then).
+		h.u.epochChanged()
 	}
 }
 
 // after returns the buffered entries after seq, and whether seq is within
-// the buffer's reach (not behind it).
+// the buffer's reach (not behind it). h.mu is held.
 func (h *hub) after(seq uint64) ([]entry, bool) {
 	if seq < h.base {
 		return nil, false
@@ -351,18 +341,22 @@ func (h *hub) after(seq uint64) ([]entry, bool) {
 // ack records that socket s acknowledged seq and answers the waiters it
 // satisfies. An ack beyond what s was sent proves nothing and is ignored.
 func (h *hub) ack(s *session, seq uint64) {
-	h.mu.Lock()
-	if seq > s.cursor {
-		h.mu.Unlock()
-		return
+	for _, r := range h.acked1(s, seq) {
+		h.u.respond(r, wire.Delivered)
 	}
-	h.g.m.acks.Inc()
+}
+
+func (h *hub) acked1(s *session, seq uint64) (done []string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if seq > s.cursor {
+		return nil
+	}
+	h.u.m.acks.Inc()
 	if seq <= h.acked {
-		h.mu.Unlock()
-		return
+		return nil
 	}
 	h.acked = seq
-	var done []string
 	kept := h.waiters[:0]
 	for _, w := range h.waiters {
 		if w.seq <= seq {
@@ -372,10 +366,7 @@ func (h *hub) ack(s *session, seq uint64) {
 		}
 	}
 	h.waiters = kept
-	h.mu.Unlock()
-	for _, r := range done {
-		h.g.respond(r, wire.Delivered)
-	}
+	return done
 }
 
 // expireWaiters forgets waiters whose dispatcher has given up.
@@ -391,37 +382,105 @@ func (h *hub) expireWaiters(now time.Time) {
 	h.waiters = kept
 }
 
-// closeAll closes every session of the hub.
-func (h *hub) closeAll(code int, reason string) { h.closeAllWith(nil, code, reason) }
+// closeAll sends frame (if any) to every session of the hub, then closes it.
+func (h *hub) closeAll(frame []byte, cl wire.Close) {
+	for _, s := range h.sessionList() {
+		s.closeWith(frame, cl)
+	}
+}
 
-// closeAllWith sends frame (if any) to every session, then closes it.
-func (h *hub) closeAllWith(frame []byte, code int, reason string) {
+func (h *hub) sessionList() []*session {
 	h.mu.Lock()
+	defer h.mu.Unlock()
 	ss := make([]*session, 0, len(h.sessions))
 	for s := range h.sessions {
 		ss = append(ss, s)
 	}
+	return ss
+}
+
+// start is where a new session begins: what its hello says, where its
+// cursor is, and the gap frame that follows the hello if the client's
+// cursor is void.
+type start struct {
+	helloEpoch  string
+	helloCursor uint64
+	cursor      uint64
+	fresh       bool
+	gap         []byte
+}
+
+// startAt decides where a new session resumes: after since, if since is a
+// position in this epoch's log; from the start for since 0 (a fresh
+// device); otherwise from the oldest retained message, after a gap that
+// voids the old cursor.
+//
+// With a gap the hello repeats the client's own cursor, and only the gap
+// frame moves it: a client saves what each frame says as its cursor, so if
+// the socket ends between the two, it comes back with its old cursor and
+// learns of the gap then, instead of resuming as a fresh device that never
+// hears of it.
+func (h *hub) startAt(ctx context.Context, since uint64, epoch string) (start, error) {
+	h.mu.Lock()
+	head, cur := h.head, h.epoch
 	h.mu.Unlock()
-	for _, s := range ss {
-		s.closeWith(frame, code, reason)
+	if since == 0 {
+		return start{helloEpoch: cur, fresh: true}, nil
 	}
-}
-
-// deliveryReplies are the encoded answers to wait=delivered doorbells.
-var deliveryReplies = map[string][]byte{
-	wire.Delivered: wire.Encode(wire.DeliveryReply{Status: wire.Delivered}),
-	wire.Offline:   wire.Encode(wire.DeliveryReply{Status: wire.Offline}),
-}
-
-func (g *Gateway) respond(reply, status string) {
-	if err := g.cfg.NATS.Publish(reply, deliveryReplies[status]); err != nil {
-		g.log.Debug("delivery reply", "error", err)
+	valid := epoch == "" || epoch == cur
+	l := h.u.reader()
+	if l == nil {
+		return start{}, errNotReady
 	}
-}
-
-// frameOf encodes a notification frame. TODO: a message that cannot be
-// encoded becomes a gap.
-func frameOf(seq uint64, id string, data []byte, ts time.Time) []byte {
-	b, _ := wire.EncodeNotification(seq, id, data, ts)
-	return b
+	if !valid {
+		// The client's epoch may be newer than this gateway's view: then it
+		// is this gateway that must catch up, not the client's cursor that
+		// is void.
+		if e, err := h.u.confirm(ctx); err == nil && e == epoch {
+			h.u.epochChanged()
+			return start{}, errStaleEpoch
+		}
+	}
+	if valid && since > head {
+		// Beyond what this hub has seen: ask the leader, which never lags.
+		h.u.m.logReads.WithLabelValues("leader").Inc()
+		last, found, err := l.Last(ctx, h.user, true)
+		if err == nil {
+			err = h.sameEpoch(ctx, cur)
+		}
+		if err != nil {
+			return start{}, err
+		}
+		valid = found && since <= last.Seq
+		if found {
+			h.sync(last.Seq, cur) // the hub is behind the leader: catch up now
+		}
+	}
+	if valid {
+		return start{helloEpoch: cur, helloCursor: since, cursor: since}, nil
+	}
+	h.u.m.logReads.WithLabelValues("init").Inc()
+	first, err := l.ReadAfter(ctx, h.user, 0, 1)
+	if err == nil {
+		err = h.sameEpoch(ctx, cur)
+	}
+	if err != nil {
+		return start{}, err
+	}
+	next := head + 1
+	if len(first) > 0 {
+		next = first[0].Seq
+	}
+	h.u.m.gaps.Inc()
+	helloEpoch := epoch
+	if helloEpoch == "" {
+		helloEpoch = cur
+	}
+	return start{
+		helloEpoch: helloEpoch, helloCursor: since,
+		// Just before the oldest retained message, and not fresh: if that
+		// message is evicted before the first read, the session says so.
+		cursor: next - 1,
+		gap:    wire.Encode(wire.Gap{Type: wire.TypeGap, Epoch: cur, After: since, Next: next}),
+	}, nil
 }

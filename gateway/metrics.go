@@ -24,10 +24,14 @@ type metrics struct {
 	moves                                                                   *prometheus.CounterVec
 	movesCancelled                                                          prometheus.Counter
 	broadcastSent, broadcastDropped                                         prometheus.Counter
+	doorbellOtherEpoch                                                      prometheus.Counter
+	panics                                                                  *prometheus.CounterVec
+	refused                                                                 *prometheus.CounterVec
+	undeliverable                                                           prometheus.Counter
 }
 
-func newMetrics(g *Gateway) *metrics {
-	f := promFactory{g.cfg.Registry}
+func newMetrics(reg prometheus.Registerer) *metrics {
+	f := promFactory{reg}
 	m := &metrics{
 		deliveries: f.counter("herald_deliveries_total", "Notification frames written to sockets."),
 		latency: f.histogram("herald_delivery_latency_seconds", "From a notification's publish time (Herald-Ts) to its write to a socket, for live deliveries.",
@@ -43,15 +47,26 @@ func newMetrics(g *Gateway) *metrics {
 		closes:             f.counterVec("herald_socket_closes_total", "Sockets closed by the gateway, by close code.", "code"),
 		moves:              f.counterVec("herald_moves_total", "Users sent to another gateway (moved + 4001), or closed with 1013 while fenced, by cause.", "cause"),
 		movesCancelled:     f.counter("herald_moves_cancelled_total", "Scheduled moves the ring no longer called for when their time came."),
+		panics:             f.counterVec("herald_panics_total", "Panics recovered, by where they happened; each cost at most one user's sockets.", "where"),
+		refused:            f.counterVec("herald_sockets_refused_total", "Sockets refused at the edge, by reason: unauthenticated (the total cap), unauthenticated_per_addr, connect_rate.", "reason"),
+		undeliverable:      f.counter("herald_undeliverable_total", "Log messages that could not be put in a frame (not JSON, not UTF-8, a bad id): their devices get a gap."),
 	}
 	// Per socket per broadcast: resolved once too.
 	broadcasts := f.counterVec("herald_broadcast_frames_total", "Broadcast frames queued for sockets, or dropped for a full queue.", "result")
 	m.broadcastSent, m.broadcastDropped = broadcasts.WithLabelValues("sent"), broadcasts.WithLabelValues("dropped")
-	doorbells := f.counterVec("herald_doorbells_total", "Doorbells by outcome: next (fast path), old, repair (read the log), offline, bad.", "outcome")
+	doorbells := f.counterVec("herald_doorbells_total", "Doorbells by outcome: next (fast path), old, repair (read the log), offline, bad, other_epoch (ignored: the log decides).", "outcome")
 	m.doorbellNext, m.doorbellOld, m.doorbellRepair = doorbells.WithLabelValues("next"), doorbells.WithLabelValues("old"), doorbells.WithLabelValues("repair")
 	m.doorbellOffline, m.doorbellBad = doorbells.WithLabelValues("offline"), doorbells.WithLabelValues("bad")
-	f.gaugeFunc("herald_sockets", "Open sockets.", func() float64 { return float64(g.stats().Sockets) })
-	f.gaugeFunc("herald_users", "Users with at least one socket.", func() float64 { return float64(g.stats().Users) })
+	m.doorbellOtherEpoch = doorbells.WithLabelValues("other_epoch")
+	return m
+}
+
+// registerGauges registers the metrics read off the gateway's state.
+func (g *Gateway) registerGauges() {
+	f := promFactory{g.cfg.Registry}
+	f.gaugeFunc("herald_sockets", "Open sockets.", func() float64 { s, _ := g.users.counts(); return float64(s) })
+	f.gaugeFunc("herald_users", "Users with at least one socket.", func() float64 { _, u := g.users.counts(); return float64(u) })
+	f.gaugeFunc("herald_unauthenticated_sockets", "Sockets that have not sent their auth frame yet.", func() float64 { return float64(g.edge.unauthenticated()) })
 	f.gaugeFunc("herald_ring_members", "Members of the gateway's ring.", func() float64 { return float64(g.Ring().Len()) })
 	f.counterFunc("herald_ring_changes_total", "Rings the watcher published.", func() float64 { return float64(g.watcher.Status().Changes) })
 	f.gaugeFunc("herald_ring_held_members", "Members kept in the ring while failing their check.", func() float64 { return float64(len(g.watcher.Status().Held)) })
@@ -59,10 +74,9 @@ func newMetrics(g *Gateway) *metrics {
 	f.gaugeFunc("herald_consul_degraded", "1 while Consul is unreachable and the last ring is kept.", func() float64 { return b2f(g.watcher.Status().Degraded) })
 	f.gaugeFunc("herald_nats_connected", "1 while NATS is connected.", func() float64 { return b2f(g.cfg.NATS.IsConnected()) })
 	f.gaugeFunc("herald_moves_pending", "Moves scheduled and not yet sent.", func() float64 { return float64(g.pendingMoves()) })
-	f.gaugeFunc("herald_fenced", "1 while cut off from Consul for longer than the hold period.", func() float64 { return b2f(g.fenced.Load()) })
+	f.gaugeFunc("herald_fenced", "1 while fenced: cut off from NATS while the other gateways pass.", func() float64 { return b2f(g.fenced.Load()) })
 	f.gaugeFunc("herald_draining", "1 while draining.", func() float64 { return b2f(g.draining.Load()) })
 	f.gaugeFunc("herald_jetstream_ok", "1 while JetStream answers.", func() float64 { return b2f(g.jsOK.Load()) })
-	return m
 }
 
 func b2f(b bool) float64 {

@@ -2,23 +2,52 @@ package gateway
 
 import (
 	"context"
-	"encoding/json"
-	"net/url"
-	"strconv"
+	"sync"
 	"time"
-
-	"github.com/heraldpush/herald/gateway/wire"
-	"github.com/nats-io/nats.go"
 )
 
 // tick is the monitor's period: how often it checks health, the epoch, slow
-// writes, NATS reconnects and ring changes.
-const tick = time.Second
+// writes, NATS reconnects and ring changes. linkTick is how often it looks
+// at the NATS connection, for fencing and for telling Consul at once.
+const (
+	tick     = time.Second
+	linkTick = 100 * time.Millisecond
+)
+
+// watchLink follows the NATS connection until ctx ends: it tells Consul at
+// once when the connection drops or returns, rather than at the next
+// heartbeat, so that the others see this gateway fail (or pass) within a
+// moment — a gateway that lost NATS alone must not take a shared outage for
+// its own — and decides about fencing. It runs apart from the monitor,
+// whose rounds can wait seconds on an unreachable JetStream.
+func (g *Gateway) watchLink(ctx context.Context) {
+	t := time.NewTicker(linkTick)
+	defer t.Stop()
+	connected := g.cfg.NATS.IsConnected()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		func() {
+			defer g.tasks.recover("monitor", nil)
+			if c := g.cfg.NATS.IsConnected(); c != connected {
+				connected = c
+				if reg := g.reg.Load(); reg != nil {
+					reg.Check()
+				}
+			}
+			g.fence()
+		}()
+	}
+}
 
 // monitor runs the gateway's periodic work until ctx ends: the epoch and
 // JetStream health, anti-entropy (every AntiEntropy, and at once after a
 // NATS reconnect, a ring change or an epoch check request), the slow-write
-// watchdog and the expiry of delivery waiters.
+// watchdog, and the expiry of delivery waiters and connect
+// budgets. A panic in one round is recovered; the next round runs.
 func (g *Gateway) monitor(ctx context.Context) {
 	t := time.NewTicker(tick)
 	defer t.Stop()
@@ -35,21 +64,21 @@ func (g *Gateway) monitor(ctx context.Context) {
 			passAgain = why
 			return
 		}
-		if g.inbox.Load() == nil {
+		if g.users.reader() == nil {
 			return
 		}
-		passRunning = true
-		nextPass = time.Now().Add(g.cfg.AntiEntropy)
-		go func() {
+		if g.tasks.goNamed("anti_entropy", func() {
 			defer func() { passDone <- struct{}{} }()
 			g.antiEntropy(ctx, why)
-		}()
-	}
-	defer func() {
-		if passRunning {
-			<-passDone
+		}) {
+			passRunning = true
+			nextPass = time.Now().Add(g.cfg.AntiEntropy)
 		}
-	}()
+	}
+	round := func(f func()) {
+		defer g.tasks.recover("monitor", nil)
+		f()
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -63,27 +92,31 @@ func (g *Gateway) monitor(ctx context.Context) {
 			}
 			continue
 		case <-g.wake:
-			g.checkEpoch(ctx)
+			round(func() { g.checkEpoch(ctx) })
 			continue
 		case <-t.C:
 		}
-		now := time.Now()
-		g.checkEpoch(ctx)
-		g.watchdog(now)
-		if r := g.cfg.NATS.Stats().Reconnects; r != reconnects {
-			reconnects = r
-			pass("nats reconnect")
-		}
-		if r, _ := g.watcher.Ring(); r != ring {
-			ring = r
-			pass("ring change")
-			g.planMoves("ring change")
-		}
-		g.fence()
-		if now.After(nextPass) {
-			pass("periodic")
-			g.expireWaiters(now)
-		}
+		round(func() {
+			now := time.Now()
+			g.checkEpoch(ctx)
+			g.watchdog(now)
+			if r := g.cfg.NATS.Stats().Reconnects; r != reconnects {
+				reconnects = r
+				pass("nats reconnect")
+			}
+			if r, _ := g.watcher.Ring(); r != ring {
+				ring = r
+				pass("ring change")
+				g.planMoves("ring change")
+			}
+			if now.After(nextPass) {
+				pass("periodic")
+				for _, h := range g.users.list() {
+					h.expireWaiters(now)
+				}
+				g.edge.sweep(now)
+			}
+		})
 	}
 }
 
@@ -91,54 +124,17 @@ func (g *Gateway) monitor(ctx context.Context) {
 // check. A new epoch closes every socket with 1012: their clients come back
 // with their old cursors and get a gap.
 func (g *Gateway) checkEpoch(ctx context.Context) {
-	l := g.inbox.Load()
-	if l == nil {
+	if g.inbox.Load() == nil {
 		return
 	}
-	cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-	defer cancel()
-	e, err := l.Refresh(cctx)
+	e, err := g.epochs.check(ctx)
 	g.jsOK.Store(err == nil)
 	if err != nil || e == g.currentEpoch() {
 		return
 	}
 	g.log.Warn("the log has a new epoch; closing every socket", "epoch", e)
 	g.epoch.Store(&e)
-	g.mu.Lock()
-	hubs := make([]*hub, 0, len(g.hubs))
-	for user, h := range g.hubs {
-		hubs = append(hubs, h)
-		delete(g.hubs, user) // new sockets build new hubs in the new epoch
-	}
-	g.mu.Unlock()
-	for _, h := range hubs {
-		h.mu.Lock()
-		h.closed = true
-		h.mu.Unlock()
-		h.closeAll(wire.CloseServiceRestart, "log recreated")
-	}
-}
-
-// fence closes every socket, paced, once the gateway has been cut off from
-// Consul for longer than the hold period: by then the others have dropped
-// it from their rings and route its users elsewhere. While fenced it
-// accepts no sockets; it unfences when Consul answers again.
-func (g *Gateway) fence() {
-	reg := g.reg.Load()
-	if reg == nil || g.draining.Load() {
-		return
-	}
-	cut := reg.Unreachable() > g.watcher.Hold()
-	if cut == g.fenced.Load() {
-		return
-	}
-	g.fenced.Store(cut)
-	if cut {
-		g.log.Warn("cut off from Consul for longer than the hold period; closing every socket", "unreachable_for", reg.Unreachable().Round(time.Millisecond))
-		g.planMoves("fenced")
-	} else {
-		g.log.Info("Consul reachable again; accepting sockets")
-	}
+	g.users.closeEpoch()
 }
 
 // checkEpochSoon asks the monitor for an epoch check now.
@@ -157,11 +153,12 @@ func (g *Gateway) currentEpoch() string {
 }
 
 // antiEntropy re-reads the log head of every local user, in batches paced
-// over a tenth of the period, and repairs the hubs that fell behind.
+// over a tenth of the period, and repairs the hubs that fell behind. Each
+// batch's heads are confirmed to come from the hubs' epoch.
 func (g *Gateway) antiEntropy(ctx context.Context, why string) {
 	l := g.inbox.Load()
-	users := g.userList()
-	if len(users) == 0 {
+	users := g.users.names()
+	if len(users) == 0 || l == nil {
 		return
 	}
 	g.m.antiEntropyPasses.WithLabelValues(why).Inc()
@@ -172,16 +169,17 @@ func (g *Gateway) antiEntropy(ctx context.Context, why string) {
 		chunk := users[i:min(i+batch, len(users))]
 		g.m.logReads.WithLabelValues("heads").Inc()
 		heads, err := l.Heads(ctx, chunk)
+		var epoch string
+		if err == nil {
+			epoch, err = g.epochs.check(ctx)
+		}
 		if err != nil {
 			g.log.Warn("anti-entropy: reading heads", "error", err)
 			return
 		}
 		for _, u := range chunk {
-			g.mu.Lock()
-			h := g.hubs[u]
-			g.mu.Unlock()
-			if h != nil {
-				h.sync(heads[u])
+			if h := g.users.hub(u); h != nil {
+				h.sync(heads[u], epoch)
 			}
 		}
 		if i+batch < len(users) && !sleep(ctx, pace) {
@@ -196,11 +194,11 @@ func (g *Gateway) antiEntropy(ctx context.Context, why string) {
 // dropped without ceremony: its peer is gone or will not read.
 func (g *Gateway) watchdog(now time.Time) {
 	limit := now.Add(-g.cfg.WriteTimeout).UnixNano()
-	g.forSessions(func(s *session) {
+	g.users.forSessions(func(s *session) {
 		if w := s.writing.Load(); w != 0 && w < limit && !s.slow.Swap(true) {
 			g.m.slowDetected.Inc()
 			g.log.Info("slow consumer", "user", s.h.user)
-			time.AfterFunc(max(g.cfg.WriteTimeout, 5*time.Second), func() {
+			g.tasks.afterFunc(max(g.cfg.WriteTimeout, 5*time.Second), "watchdog", func() {
 				if s.writing.Load() != 0 {
 					s.c.CloseNow()
 				}
@@ -209,124 +207,58 @@ func (g *Gateway) watchdog(now time.Time) {
 	})
 }
 
-func (g *Gateway) expireWaiters(now time.Time) {
-	for _, h := range g.hubList() {
-		h.expireWaiters(now)
-	}
+// epochGate refreshes the stream's epoch for readers that must know their
+// read came from their hub's epoch. check returns the result of a refresh
+// that began after check was called, so anything the caller read before
+// calling came from the stream whose epoch it returns; concurrent callers
+// share refreshes, so a burst of readers costs a few requests, not one each.
+// The callers run the refreshes themselves: no goroutine of its own.
+type epochGate struct {
+	refresh func(ctx context.Context) (string, error)
+
+	mu      sync.Mutex // guards the following
+	started uint64     // refreshes begun
+	cur     *epochRound
 }
 
-// hubList and userList copy the hubs map's values and keys, so callers
-// work on them without holding g.mu.
-func (g *Gateway) hubList() []*hub {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	hubs := make([]*hub, 0, len(g.hubs))
-	for _, h := range g.hubs {
-		hubs = append(hubs, h)
-	}
-	return hubs
+type epochRound struct {
+	n     uint64
+	done  chan struct{}
+	epoch string
+	err   error
 }
 
-func (g *Gateway) userList() []string {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	users := make([]string, 0, len(g.hubs))
-	for u := range g.hubs {
-		users = append(users, u)
-	}
-	return users
-}
+// epochTimeout bounds one refresh.
+const epochTimeout = 2 * time.Second
 
-// forSessions calls f for every session, holding no lock during f.
-func (g *Gateway) forSessions(f func(*session)) {
-	var ss []*session
-	g.mu.Lock()
-	for _, h := range g.hubs {
-		h.mu.Lock()
-		for s := range h.sessions {
-			ss = append(ss, s)
+func (e *epochGate) check(ctx context.Context) (string, error) {
+	e.mu.Lock()
+	after := e.started // a round numbered above this began after the call
+	for {
+		if e.cur == nil {
+			e.started++
+			r := &epochRound{n: e.started, done: make(chan struct{})}
+			e.cur = r
+			e.mu.Unlock()
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), epochTimeout)
+			r.epoch, r.err = e.refresh(rctx)
+			cancel()
+			e.mu.Lock()
+			e.cur = nil
+			e.mu.Unlock()
+			close(r.done)
+			return r.epoch, r.err
 		}
-		h.mu.Unlock()
-	}
-	g.mu.Unlock()
-	for _, s := range ss {
-		f(s)
-	}
-}
-
-// onDoorbell routes a doorbell to its user's hub; a user with no hub here
-// has no socket here.
-func (g *Gateway) onDoorbell(m *nats.Msg) {
-	d, err := wire.DecodeDoorbell(m.Header, m.Data)
-	if err != nil {
-		g.m.doorbellBad.Inc()
-		g.log.Debug("bad doorbell", "error", err)
-		return
-	}
-	g.mu.Lock()
-	h := g.hubs[d.User]
-	g.mu.Unlock()
-	if h == nil {
-		g.m.doorbellOffline.Inc()
-		if m.Reply != "" {
-			g.respond(m.Reply, wire.Offline)
-		}
-		return
-	}
-	h.doorbell(d, m.Reply)
-}
-
-// onBroadcast hands a broadcast to every session. A session whose control
-// queue is full misses it: broadcasts are live-only and best effort.
-func (g *Gateway) onBroadcast(m *nats.Msg) {
-	frame, err := wire.DecodeBroadcast(m.Header, m.Data)
-	if err != nil {
-		g.log.Debug("bad broadcast", "error", err)
-		return
-	}
-	var sent, dropped int
-	g.forSessions(func(s *session) {
+		r := e.cur
+		e.mu.Unlock()
 		select {
-		case s.ctrl <- frame:
-			sent++
-		default:
-			dropped++
+		case <-r.done:
+		case <-ctx.Done():
+			return "", ctx.Err()
 		}
-	})
-	g.m.broadcastSent.Add(float64(sent))
-	g.m.broadcastDropped.Add(float64(dropped))
-}
-
-func (g *Gateway) onStats(m *nats.Msg) {
-	st := g.stats()
-	b, _ := json.Marshal(st)
-	m.Respond(b)
-}
-
-func (g *Gateway) stats() wire.GatewayStats {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	return wire.GatewayStats{Gateway: g.cfg.ID, Sockets: g.sockets, Users: len(g.hubs)}
-}
-
-func (g *Gateway) context() context.Context {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	return g.runCtx
-}
-
-// addrOf reads the address to register from the public URL.
-func addrOf(u string) (host string, port int) {
-	p, err := url.Parse(u)
-	if err != nil {
-		return "", 0
+		if r.n > after {
+			return r.epoch, r.err
+		}
+		e.mu.Lock()
 	}
-	if ps := p.Port(); ps != "" {
-		port, _ = strconv.Atoi(ps)
-	} else if p.Scheme == "wss" {
-		port = 443
-	} else {
-		port = 80
-	}
-	return p.Hostname(), port
 }

@@ -4,6 +4,7 @@ import (
 	"net/http"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -11,9 +12,11 @@ import (
 
 	"github.com/heraldpush/herald/gateway"
 	"github.com/heraldpush/herald/gateway/inbox"
+	"github.com/heraldpush/herald/gateway/inbox/inboxtest"
 	"github.com/heraldpush/herald/gateway/wire"
 	"github.com/heraldpush/herald/ring"
 	"github.com/heraldpush/herald/ring/consul"
+	"github.com/nats-io/nats.go"
 )
 
 // publisher posts numbered notifications round-robin over users and
@@ -251,32 +254,65 @@ func TestDrainMovesEveryUserAndLosesNothing(t *testing.T) {
 	}
 }
 
+// TestFencedGatewayClosesSockets: a gateway cut off from NATS while the
+// other gateway passes fences itself after fenceAfter (3 s): its sockets
+// are closed with 1013 and it accepts none, until NATS is back. A cut
+// shorter than that fences nothing.
 func TestFencedGatewayClosesSockets(t *testing.T) {
 	c := newCluster(t, inbox.Config{})
-	const hold = 3 * time.Second
+	proxy := inboxtest.NewProxy(t, strings.TrimPrefix(c.nats.URL(), "nats://"))
 	c.startGateway("gw-1", func(cfg *gateway.Config) {
-		cfg.Watch.Hold = hold
+		cfg.NATS = inboxtest.Connect(t, proxy.URL(), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
 		cfg.MoveWindow = 500 * time.Millisecond
 	})
+	c.startGateway("gw-2")
 	url := c.gws["gw-1"].url
-	s := dial(t, url, auth(t, "alice"))
+	user := ownedBy(t, c.ring(), "gw-1")
+	s := dial(t, url, auth(t, user))
 	s.hello()
-	c.agent.Stop()
-	stopped := time.Now()
-	if code := s.waitClosed(hold + 5*time.Second); code != wire.CloseTryAgainLater {
+
+	proxy.Cut() // shorter than fenceAfter: nothing happens
+	time.Sleep(time.Second)
+	proxy.Resume()
+	waitFor(t, 10*time.Second, "gw-1 back on NATS", func() bool { return ready(url) })
+	if s.isClosed() {
+		t.Fatalf("a 1 s NATS cut closed the socket with %d", s.status)
+	}
+
+	proxy.Cut()
+	cut := time.Now()
+	if code := s.waitClosed(15 * time.Second); code != wire.CloseTryAgainLater {
 		t.Fatalf("socket closed with %d, want 1013", code)
 	}
-	if d := time.Since(stopped); d < hold {
-		t.Fatalf("closed %v after Consul went away, before the hold period (%v)", d, hold)
+	if d := time.Since(cut); d < 3*time.Second {
+		t.Fatalf("closed %v after NATS went away, before the fence delay (3 s)", d)
 	}
-	refused := dial(t, url, auth(t, "bob"))
+	t.Logf("fenced: the socket closed %v after the cut", time.Since(cut).Round(time.Millisecond))
+	refused := dial(t, url, auth(t, user))
 	if code := refused.waitClosed(5 * time.Second); code != wire.CloseTryAgainLater {
 		t.Fatalf("a new socket while fenced closed with %d, want 1013", code)
 	}
-	c.agent.Restart()
+	proxy.Resume()
 	waitFor(t, 15*time.Second, "the gateway to accept sockets again", func() bool { return ready(url) })
-	back := dial(t, url, auth(t, "alice"))
+	waitFor(t, 15*time.Second, "gw-1 in the ring again", func() bool {
+		_, in := c.gws["gw-2"].Ring().Member("gw-1")
+		return in
+	})
+	back := dial(t, url, auth(t, user))
 	back.hello()
+}
+
+// ownedBy returns a user the ring places on gateway id.
+func ownedBy(t *testing.T, r *ring.Ring, id string) string {
+	t.Helper()
+	for i := range 10000 {
+		u := "user-" + strconv.Itoa(i)
+		if m, _ := r.Owner(u); m.ID == id {
+			return u
+		}
+	}
+	t.Fatalf("no user owned by %s", id)
+	return ""
 }
 
 // TestNATSRestartUnderLoad: NATS restarts (JetStream on disk) while

@@ -8,32 +8,42 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	"github.com/heraldpush/herald/gateway/inbox"
 	"github.com/heraldpush/herald/gateway/wire"
 )
 
-// session is one socket of a user. Its reader is the HTTP handler's
-// goroutine; its writer is a goroutine of its own.
+// session is one socket of a user: its place in the hub (membership), its
+// cursor, its reader (the HTTP handler's goroutine) and its writer (a
+// goroutine of its own).
 type session struct {
 	h    *hub
-	c    *websocket.Conn
+	c    conn
 	wake chan struct{} // poked when the hub has new entries; capacity 1
 	ctrl chan []byte   // pongs and broadcasts, written between notifications
 
-	// cursor is the last seq handed to the writer; fresh is true until the
-	// first notification of a session that started from nothing (since 0,
-	// or a void cursor): eviction before it connected is not its gap.
-	// lostAfter, when not 0, is a cursor the session jumped from because
-	// what lay after it was gone from the log: the next frame is a gap.
-	// ended is set when the handler has left the hub. All guarded by h.mu.
+	// cursor is the last seq handed to the writer (or, after a gap frame,
+	// the position just before the gap's next); fresh is true until the
+	// first notification of a session that started from nothing (since 0):
+	// eviction before it connected is not its gap. lostAfter, when not 0,
+	// is a cursor the session jumped from because what lay after it was
+	// gone from the log: the next frame is a gap. ended is set when the
+	// handler has left the hub. All guarded by h.mu.
 	cursor    uint64
 	fresh     bool
 	lostAfter uint64
 	ended     bool
 
+	expires time.Time // the token's exp: the socket closes with 4004 then
+
 	writing atomic.Int64 // unix nanos when the current write began; 0 between writes
 	slow    atomic.Bool  // a write outlived WriteTimeout
 	once    sync.Once
 	closed  chan struct{}
+}
+
+func newSession(h *hub, c conn, st start) *session {
+	return &session{h: h, c: c, wake: make(chan struct{}, 1), ctrl: make(chan []byte, 16), closed: make(chan struct{}),
+		cursor: st.cursor, fresh: st.fresh}
 }
 
 func (s *session) poke() {
@@ -43,65 +53,116 @@ func (s *session) poke() {
 	}
 }
 
-// close closes the socket with code, once. It does not block: the closing
-// handshake runs on its own goroutine, and the reader ends when it is done.
-func (s *session) close(code int, reason string) { s.closeWith(nil, code, reason) }
-
-// closeWith sends frame (if any), then closes the socket with code, once.
-// The writer stops at once; the frame waits for a write in flight.
-func (s *session) closeWith(frame []byte, code int, reason string) {
-	s.once.Do(func() {
-		close(s.closed)
-		s.h.g.m.closes.WithLabelValues(codeLabel(code)).Inc()
-		// The closing handshake gets a goroutine counted in g.conns, which
-		// is only safe while the handler (holding a count) still runs.
-		s.h.mu.Lock()
-		ended := s.ended
-		if !ended {
-			s.h.g.conns.Add(1)
-		}
-		s.h.mu.Unlock()
-		if ended {
-			s.c.CloseNow()
+// run serves the socket once it is attached: the first frames (hello, and
+// a gap), then the reader here and the writer on its own goroutine until the
+// socket ends. Neither cancels the other's read: coder/websocket drops a
+// connection whose read context ends, which would cut a closing handshake
+// short.
+func (s *session) run(first [][]byte, expires time.Time) {
+	u := s.h.u
+	for _, f := range first {
+		if s.c.Write(u.ctx, websocket.MessageText, f) != nil {
 			return
 		}
-		go func() {
-			defer s.h.g.conns.Done()
-			if frame != nil {
-				ctx, cancel := context.WithTimeout(context.Background(), s.h.g.cfg.WriteTimeout)
-				s.c.Write(ctx, websocket.MessageText, frame)
-				cancel()
+	}
+	expiry := u.tasks.afterFunc(time.Until(expires), "session", func() { s.closeWith(nil, closeTokenExpired) })
+	defer expiry.Stop()
+
+	wctx, stopWriter := context.WithCancel(context.Background())
+	writerDone := make(chan struct{})
+	if !u.tasks.goNamed("session", func() {
+		defer close(writerDone)
+		defer u.tasks.recover("session", func() { s.c.CloseNow() })
+		s.write(wctx)
+	}) {
+		stopWriter()
+		return // the gateway is stopping
+	}
+	s.read()
+	stopWriter()
+	s.c.CloseNow() // ends a writer blocked in a write; a no-op after a clean close
+	<-writerDone
+}
+
+// read handles the client's frames: acks and pings. A malformed frame closes
+// only this socket.
+func (s *session) read() {
+	for {
+		typ, b, err := s.c.Read(context.Background())
+		if err != nil {
+			return
+		}
+		f, err := wire.DecodeClientFrame(b)
+		if typ != websocket.MessageText || err != nil || f.Type == wire.TypeAuth {
+			s.closeWith(nil, closeBadFrame)
+			continue // the read fails once the close handshake is done
+		}
+		switch f.Type {
+		case wire.TypeAck:
+			s.h.ack(s, f.Seq)
+		case wire.TypePing:
+			select {
+			case s.ctrl <- wire.PongFrame:
+			default: // pongs pile up only for a client that does not read
 			}
-			s.c.Close(websocket.StatusCode(code), reason)
-		}()
+		}
+	}
+}
+
+// closeWith sends frame (if any), then closes the socket with cl, once. It
+// does not block: the closing handshake runs on a goroutine of its own, and
+// the reader ends when it is done. The writer stops at once; the frame waits
+// for a write in flight.
+func (s *session) closeWith(frame []byte, cl wire.Close) {
+	s.once.Do(func() {
+		close(s.closed)
+		u := s.h.u
+		if !u.tasks.goNamed("close", func() { u.m.closeSocket(s.c, frame, cl, u.cfg.WriteTimeout) }) {
+			s.c.CloseNow() // the gateway is stopping
+		}
 	})
 }
 
 // write runs the writer: notifications after the cursor in seq order, and
-// control frames between them, until ctx ends or the socket closes.
+// control frames between them, until ctx ends or the socket closes. A log
+// that cannot be read (NATS down) keeps the socket open: the writer tries
+// again with backoff, so an outage closes nothing.
 func (s *session) write(ctx context.Context) {
-	g := s.h.g
-	ping := time.NewTicker(g.cfg.PingInterval)
+	u := s.h.u
+	ping := time.NewTicker(u.cfg.PingInterval)
 	defer ping.Stop()
+	retry := time.NewTimer(time.Hour)
+	retry.Stop()
+	defer retry.Stop()
+	var backoff time.Duration
 	for {
-		frames, live, err := s.next(ctx)
-		if err != nil {
-			if ctx.Err() == nil {
-				g.log.Debug("session read from the log failed", "user", s.h.user, "error", err)
-				s.close(wire.CloseTryAgainLater, "log unavailable")
-			}
+		b, err := s.next(ctx)
+		switch {
+		case errors.Is(err, errStaleEpoch):
+			s.closeWith(nil, closeNewEpoch)
 			return
+		case err != nil:
+			if ctx.Err() != nil {
+				return
+			}
+			backoff = min(max(2*backoff, 100*time.Millisecond), 5*time.Second)
+			u.log.Debug("session read from the log failed; retrying", "user", s.h.user, "in", backoff, "error", err)
+			retry.Reset(backoff)
+		default:
+			backoff = 0
 		}
-		for i, f := range frames {
+		for i, f := range b.frames {
 			if !s.send(ctx, f) {
 				return
 			}
-			if live[i] > 0 {
-				g.m.latency.Observe(time.Since(time.Unix(0, live[i])).Seconds())
+			if b.live[i] > 0 {
+				u.m.latency.Observe(time.Since(time.Unix(0, b.live[i])).Seconds())
 			}
 		}
-		if len(frames) > 0 {
-			g.m.deliveries.Add(float64(countNotifications(live)))
+		if n := b.notifications(); n > 0 {
+			u.m.deliveries.Add(float64(n))
+		}
+		if len(b.frames) > 0 && err == nil {
 			continue
 		}
 		select {
@@ -110,12 +171,13 @@ func (s *session) write(ctx context.Context) {
 		case <-s.closed:
 			return
 		case <-s.wake:
+		case <-retry.C:
 		case f := <-s.ctrl:
 			if !s.send(ctx, f) {
 				return
 			}
 		case <-ping.C:
-			pctx, cancel := context.WithTimeout(ctx, g.cfg.WriteTimeout)
+			pctx, cancel := context.WithTimeout(ctx, u.cfg.WriteTimeout)
 			err := s.c.Ping(pctx)
 			cancel()
 			if err != nil {
@@ -127,16 +189,6 @@ func (s *session) write(ctx context.Context) {
 			}
 		}
 	}
-}
-
-func countNotifications(live []int64) int {
-	n := 0
-	for _, v := range live {
-		if v >= 0 {
-			n++
-		}
-	}
-	return n
 }
 
 // send writes one frame. A write outliving WriteTimeout is noticed by the
@@ -156,68 +208,143 @@ func (s *session) send(ctx context.Context, frame []byte) bool {
 		return false
 	}
 	if s.slow.Load() {
-		s.h.g.m.slowConsumers.Inc()
-		s.close(wire.CloseSlowConsumer, "slow consumer")
+		s.h.u.m.slowConsumers.Inc()
+		s.closeWith(nil, closeSlow)
 		return false
 	}
 	return true
 }
 
-// take returns the frames of buffered entries, each after its gap frame if
-// it has one, and advances the cursor past them. h.mu is held.
-func (s *session) take(entries []entry) (frames [][]byte, live []int64) {
-	for _, e := range entries {
-		if gap := s.gapBefore(e.seq, e.prev, e.hubPrev); gap != nil {
-			frames, live = append(frames, gap), append(live, -1)
-		}
-		frames, live = append(frames, e.frame), append(live, e.ts.UnixNano())
-		s.cursor = e.seq
+// batch is what the writer sends next: frames in order, and for each the
+// publish time of a live notification (unix nanos), 0 for one read from the
+// log, -1 for a gap frame. A gap is held back until the next notification
+// or the end of the batch, so that consecutive losses make one gap frame.
+type batch struct {
+	frames [][]byte
+	live   []int64
+	gap    *wire.Gap
+}
+
+func (b *batch) addGap(epoch string, after, next uint64) {
+	if b.gap == nil {
+		b.gap = &wire.Gap{Type: wire.TypeGap, Epoch: epoch, After: after}
 	}
-	return frames, live
+	b.gap.Next = next
+}
+
+func (b *batch) flushGap() {
+	if b.gap != nil {
+		b.frames, b.live = append(b.frames, wire.Encode(*b.gap)), append(b.live, -1)
+		b.gap = nil
+	}
+}
+
+func (b *batch) add(frame []byte, live int64) {
+	b.flushGap()
+	b.frames, b.live = append(b.frames, frame), append(b.live, live)
+}
+
+func (b *batch) notifications() int {
+	n := 0
+	for _, v := range b.live {
+		if v >= 0 {
+			n++
+		}
+	}
+	return n
+}
+
+// step adds one message of the chain to the batch and moves the cursor past
+// it: its frame, after a gap if it does not follow the cursor; a hole (nil
+// frame: a message that cannot be sent) becomes a gap that ends past it.
+// h.mu is held.
+func (s *session) step(b *batch, seq, prev, hubPrev uint64, frame []byte, live int64) {
+	if after, gap := s.gapBefore(seq, prev, hubPrev); gap {
+		s.h.u.m.gaps.Inc()
+		b.addGap(s.h.epoch, after, seq)
+	}
+	if frame == nil {
+		if b.gap == nil {
+			s.h.u.m.gaps.Inc()
+			b.addGap(s.h.epoch, s.cursor, seq+1)
+		} else {
+			b.gap.Next = seq + 1
+		}
+		s.cursor = seq
+		return
+	}
+	b.add(frame, live)
+	s.cursor = seq
 }
 
 // next returns the frames to send after the cursor and advances it: the
 // buffered ones, or a batch read from the log if the session is behind the
-// buffer. live[i] is the publish time (unix nanos) of a buffered
-// notification, 0 for one read from the log, and -1 for a gap frame.
-func (s *session) next(ctx context.Context) (frames [][]byte, live []int64, err error) {
-	h := s.h
-	h.mu.Lock()
-	cursor := s.cursor
-	entries, reachable := h.after(cursor)
-	if reachable {
-		frames, live = s.take(entries)
-		h.mu.Unlock()
-		return frames, live, nil
+// buffer.
+func (s *session) next(ctx context.Context) (batch, error) {
+	if b, ok := s.fromBuffer(); ok {
+		return b, nil
 	}
-	h.mu.Unlock()
-
 	// Behind the buffer: catch up from the log, a batch at a time.
-	g := h.g
-	l := g.inbox.Load()
+	u, h := s.h.u, s.h
+	l := u.reader()
 	if l == nil {
-		return nil, nil, errNotReady
+		return batch{}, errNotReady
 	}
+	h.mu.Lock()
+	cursor, epoch := s.cursor, h.epoch
+	h.mu.Unlock()
 	select {
-	case g.replays <- struct{}{}:
+	case u.replays <- struct{}{}:
 	case <-ctx.Done():
-		return nil, nil, ctx.Err()
+		return batch{}, ctx.Err()
 	}
 	// The buffer proves messages exist after the cursor unless they were
 	// evicted; a replica that lags would make that look like a gap, so
 	// readAfter asks the leader before believing it.
-	msgs, err := g.readAfter(ctx, l, h.user, cursor, "replay")
-	<-g.replays
-	if err != nil {
-		return nil, nil, err
+	msgs, err := readAfter(ctx, u, l, h.user, cursor, "replay")
+	if err == nil && len(msgs) > 0 {
+		err = h.sameEpoch(ctx, epoch)
 	}
+	<-u.replays
+	if err != nil {
+		return batch{}, err
+	}
+	return s.fromLog(msgs), nil
+}
+
+// fromBuffer takes the buffered entries after the cursor; false if the
+// cursor is behind the buffer.
+func (s *session) fromBuffer() (batch, bool) {
+	h := s.h
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	entries, reachable := h.after(s.cursor)
+	if !reachable {
+		return batch{}, false
+	}
+	var b batch
+	for _, e := range entries {
+		s.step(&b, e.seq, e.prev, e.hubPrev, e.frame, e.ts.UnixNano())
+	}
+	b.flushGap()
+	return b, true
+}
+
+// fromLog takes the messages read from the log for this session.
+func (s *session) fromLog(msgs []inbox.Message) batch {
+	h := s.h
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var b batch
 	if len(msgs) == 0 {
 		// Nothing between the cursor and the buffer survives (or a replica
 		// lags): continue from the buffer, whose first entry shows the gap.
-		frames, live = s.take(h.buf)
-		if len(frames) == 0 && h.base > s.cursor {
+		for _, e := range h.buf {
+			if e.seq > s.cursor {
+				s.step(&b, e.seq, e.prev, e.hubPrev, e.frame, e.ts.UnixNano())
+			}
+		}
+		if len(b.frames) == 0 && b.gap == nil && h.base > s.cursor {
 			// The hub took messages up to base that this session never
 			// got, and the log no longer has them: the next frame the
 			// session gets says so.
@@ -226,106 +353,51 @@ func (s *session) next(ctx context.Context) (frames [][]byte, live []int64, err 
 			}
 			s.cursor = h.base
 		}
-		return frames, live, nil
+		b.flushGap()
+		return b
 	}
 	for _, m := range msgs {
-		if gap := s.gapBefore(m.Seq, m.Prev, notFromHub); gap != nil {
-			frames, live = append(frames, gap), append(live, -1)
+		if m.Seq <= s.cursor {
+			continue // the cursor moved on while the log was read
 		}
-		frames, live = append(frames, frameOf(m.Seq, m.ID, m.Data, m.TS)), append(live, 0)
-		s.cursor = m.Seq
+		s.step(&b, m.Seq, m.Prev, notFromHub, h.u.frame(h.epoch, h.user, m), 0)
 	}
-	g.m.replayed.Add(float64(len(msgs)))
-	return frames, live, nil
+	b.flushGap()
+	u := h.u
+	u.m.replayed.Add(float64(len(msgs)))
+	return b
 }
 
 // notFromHub is the hubPrev of a message read from the log for one session:
 // no hub vouches for what came before it.
 const notFromHub = ^uint64(0)
 
-// gapBefore returns a gap frame if the message at seq, whose predecessor in
-// the log was prev, does not follow the session's cursor; hubPrev is the
-// hub's head before it took the message (notFromHub for a session's own log
-// read). Called with h.mu held.
+// gapBefore reports whether the message at seq, whose predecessor in the
+// log was prev, leaves a gap after the session's cursor, and where the gap
+// begins; hubPrev is the hub's head before it took the message (notFromHub
+// for a session's own log read). It clears fresh and lostAfter. h.mu is
+// held.
 //
 // prev > cursor: retention dropped messages between them. prev < cursor:
 // when the message was appended the user's log was empty (retention drops
 // the oldest first), so messages after the cursor may have come and gone
 // unseen — unless the hub took this message right after the cursor
-// (hubPrev == cursor), having seen everything in between itself.
-func (s *session) gapBefore(seq, prev, hubPrev uint64) []byte {
+// (hubPrev == cursor), having seen everything in between itself. And no gap
+// can hide where no seq lies between the gap's ends (seq == after + 1).
+func (s *session) gapBefore(seq, prev, hubPrev uint64) (after uint64, gap bool) {
 	fresh, lost := s.fresh, s.lostAfter
 	s.fresh, s.lostAfter = false, 0
-	after := s.cursor
+	after = s.cursor
 	switch {
 	case lost != 0:
 		after = lost
 	case fresh, prev == s.cursor:
-		return nil
+		return 0, false
 	case prev < s.cursor && hubPrev == s.cursor:
-		return nil
+		return 0, false
 	}
-	s.h.g.m.gaps.Inc()
-	return wire.Encode(wire.Gap{Type: wire.TypeGap, Epoch: s.h.epoch, After: after, Next: seq})
+	if seq == after+1 {
+		return 0, false
+	}
+	return after, true
 }
-
-// startCursor decides where a new session resumes: after since, if since is
-// a position in this epoch's log; otherwise from the start, after a gap that
-// voids the old cursor. It returns the cursor and the gap frame, if any.
-func (h *hub) startCursor(ctx context.Context, since uint64, epoch string) (uint64, []byte, error) {
-	h.mu.Lock()
-	head, cur := h.head, h.epoch
-	h.mu.Unlock()
-	if since == 0 {
-		return 0, nil, nil
-	}
-	valid := epoch == "" || epoch == cur
-	l := h.g.inbox.Load()
-	if l == nil {
-		return 0, nil, errNotReady
-	}
-	if !valid {
-		// The client's epoch may be newer than this gateway's view: then it
-		// is this gateway that must catch up, not the client's cursor that
-		// is void.
-		if e, err := l.Refresh(ctx); err == nil && e == epoch {
-			h.g.checkEpochSoon()
-			return 0, nil, errStaleEpoch
-		}
-	}
-	if valid && since > head {
-		// Beyond what this hub has seen: ask the leader, which never lags.
-		h.g.m.logReads.WithLabelValues("leader").Inc()
-		last, found, err := l.Last(ctx, h.user, true)
-		if err != nil {
-			return 0, nil, err
-		}
-		valid = found && since <= last.Seq
-		if found {
-			h.sync(last.Seq) // the hub is behind the leader: catch up now
-		}
-	}
-	if valid {
-		return since, nil, nil
-	}
-	h.g.m.logReads.WithLabelValues("init").Inc()
-	first, err := l.ReadAfter(ctx, h.user, 0, 1)
-	if err != nil {
-		return 0, nil, err
-	}
-	next := head + 1
-	if len(first) > 0 {
-		next = first[0].Seq
-	}
-	h.g.m.gaps.Inc()
-	return 0, wire.Encode(wire.Gap{Type: wire.TypeGap, Epoch: cur, After: since, Next: next}), nil
-}
-
-var (
-	errNotReady   = errors.New("gateway not ready")
-	errStaleEpoch = errors.New("the client knows a newer epoch of the log than this gateway")
-)
-
-// leaderBatch bounds reads through the stream leader, which fetch one
-// message per round trip.
-const leaderBatch = 10

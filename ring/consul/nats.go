@@ -115,9 +115,14 @@ func (l *Link) observe() (connected bool, since time.Time) {
 	c, r := l.nc.IsConnected(), l.nc.Stats().Reconnects
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if c != l.connected || r != l.reconnects {
-		l.connected, l.reconnects, l.since = c, r, time.Now()
+	// nats.go counts a reconnect for every server that accepted the TCP
+	// connection, even one that failed the handshake: a changed count
+	// restarts the uptime of a connection that is up, never the downtime
+	// of one that is down.
+	if c != l.connected || c && r != l.reconnects {
+		l.connected, l.since = c, time.Now()
 	}
+	l.reconnects = r
 	return l.connected, l.since
 }
 

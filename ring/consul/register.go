@@ -63,6 +63,7 @@ type Registration struct {
 	log    *slog.Logger
 	stop   chan struct{}
 	done   chan struct{}
+	kick   chan struct{} // Check: beat now
 	closed sync.Once
 
 	downSince    atomic.Int64 // unix nanos of the first failed contact in a row; 0 when reachable
@@ -82,6 +83,7 @@ func Register(ctx context.Context, cfg RegisterConfig) (*Registration, error) {
 		log:  cfg.Logger.With("gateway", cfg.ID),
 		stop: make(chan struct{}),
 		done: make(chan struct{}),
+		kick: make(chan struct{}, 1),
 	}
 	if err := r.claim(ctx); err != nil {
 		return nil, err
@@ -174,6 +176,15 @@ func (r *Registration) Unreachable() time.Duration {
 	return time.Since(time.Unix(0, since))
 }
 
+// Check runs a heartbeat now, with the current health, rather than at the
+// next tick: the gateway calls it when its health changes.
+func (r *Registration) Check() {
+	select {
+	case r.kick <- struct{}{}:
+	default:
+	}
+}
+
 // Reregistered returns how many times the agent had forgotten the service and
 // it was registered again.
 func (r *Registration) Reregistered() int64 { return r.reregistered.Load() }
@@ -248,6 +259,8 @@ func (r *Registration) heartbeat() {
 		case <-r.stop:
 			return
 		case <-t.C:
+			r.beat()
+		case <-r.kick:
 			r.beat()
 		}
 	}

@@ -65,6 +65,9 @@ type Status struct {
 	Err error
 	// Held lists the members kept in the ring while failing, sorted.
 	Held []string
+	// Passing lists the members passing in Consul in the last snapshot,
+	// sorted.
+	Passing []string
 	// Skipped counts instances in the last snapshot whose registration was
 	// invalid (bad ID, weight or URL).
 	Skipped int
@@ -147,6 +150,7 @@ func (w *Watcher) Status() Status {
 	w.mu.Lock()
 	s := w.status
 	s.Held = slices.Clone(s.Held)
+	s.Passing = slices.Clone(s.Passing)
 	w.mu.Unlock()
 	s.Changes = w.changes.Load()
 	s.Probes = w.probes.Load()
@@ -304,6 +308,11 @@ func (w *Watcher) build(ctx context.Context, snaps chan snapshot) {
 			snap = &s
 			w.mu.Lock()
 			w.status.Skipped, w.status.Duplicates = s.skipped, s.duplicates
+			w.status.Passing = w.status.Passing[:0:0]
+			for id := range s.members {
+				w.status.Passing = append(w.status.Passing, id)
+			}
+			slices.Sort(w.status.Passing)
 			w.mu.Unlock()
 			if first {
 				schedule(0) // a watcher with no ring builds it at once

@@ -1,0 +1,435 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/heraldpush/herald/gateway/inbox"
+	"github.com/heraldpush/herald/gateway/wire"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+)
+
+// Unit tests of hubs and sessions: a fake log and fake sockets, no NATS.
+
+// fakeLog is one user's log in memory, as a chain.
+type fakeLog struct {
+	mu    sync.Mutex
+	msgs  []inbox.Message
+	reads int
+}
+
+func (l *fakeLog) append(seq uint64, data string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var prev uint64
+	if n := len(l.msgs); n > 0 {
+		prev = l.msgs[n-1].Seq
+	}
+	l.msgs = append(l.msgs, inbox.Message{Seq: seq, Prev: prev, ID: fmt.Sprint("n", seq), TS: time.Now(), Data: []byte(data)})
+}
+
+// evict drops the messages up to seq, as retention would.
+func (l *fakeLog) evict(seq uint64) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.msgs = slices.DeleteFunc(l.msgs, func(m inbox.Message) bool { return m.Seq <= seq })
+}
+
+func (l *fakeLog) Last(ctx context.Context, user string, leader bool) (inbox.Message, bool, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.msgs) == 0 {
+		return inbox.Message{}, false, nil
+	}
+	return l.msgs[len(l.msgs)-1], true, nil
+}
+
+func (l *fakeLog) ReadAfter(ctx context.Context, user string, after uint64, n int) ([]inbox.Message, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.reads++
+	var out []inbox.Message
+	for _, m := range l.msgs {
+		if m.Seq > after && len(out) < n {
+			out = append(out, m)
+		}
+	}
+	return out, nil
+}
+
+func (l *fakeLog) ReadAfterLeader(ctx context.Context, user string, after uint64, n int) ([]inbox.Message, error) {
+	return l.ReadAfter(ctx, user, after, n)
+}
+
+// fakeConn records what a session writes.
+type fakeConn struct {
+	mu     sync.Mutex
+	frames [][]byte
+	closed websocket.StatusCode
+}
+
+func (c *fakeConn) Read(ctx context.Context) (websocket.MessageType, []byte, error) {
+	<-ctx.Done()
+	return 0, nil, ctx.Err()
+}
+
+func (c *fakeConn) Write(ctx context.Context, typ websocket.MessageType, p []byte) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.frames = append(c.frames, p)
+	return nil
+}
+
+func (c *fakeConn) Ping(ctx context.Context) error { return nil }
+
+func (c *fakeConn) Close(code websocket.StatusCode, reason string) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.closed = code
+	return nil
+}
+
+func (c *fakeConn) CloseNow() error { return nil }
+
+// testUsers is a registry over a fake log, in epoch "e1" unless the test
+// changes epoch.
+type testUsers struct {
+	*users
+	log     *fakeLog
+	mu      sync.Mutex
+	current string // what confirm answers
+	changed int    // epochChanged calls
+	panics  []string
+}
+
+func newTestUsers(t *testing.T, cfg Config) *testUsers {
+	t.Helper()
+	cfg.ID, cfg.PublicURL, cfg.Addr = "gw-1", "ws://127.0.0.1:1/ws", ":0"
+	cfg.NATS, cfg.Consul = nil, nil
+	cfg.fillLimits()
+	tu := &testUsers{log: &fakeLog{}, current: "e1"}
+	m := newTestMetrics()
+	ts := &tasks{onPanic: func(where string, v any, _ []byte) {
+		tu.mu.Lock()
+		defer tu.mu.Unlock()
+		tu.panics = append(tu.panics, where)
+	}}
+	u := newUsers(&cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), m, ts)
+	u.epoch = func() string { return "e1" }
+	u.confirm = func(context.Context) (string, error) {
+		tu.mu.Lock()
+		defer tu.mu.Unlock()
+		return tu.current, nil
+	}
+	u.epochChanged = func() {
+		tu.mu.Lock()
+		defer tu.mu.Unlock()
+		tu.changed++
+	}
+	u.respond = func(reply, status string) {}
+	u.src.Store(&logBox{tu.log})
+	tu.users = u
+	t.Cleanup(func() { ts.close(); ts.wait(0) })
+	return tu
+}
+
+// session joins user's hub as a socket resuming after since.
+func (tu *testUsers) session(t *testing.T, user string, since uint64, epoch string) (*session, start) {
+	t.Helper()
+	h, err := tu.join(context.Background(), user)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := h.startAt(context.Background(), since, epoch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := newSession(h, &fakeConn{}, st)
+	if err := tu.attach(h, s); err != nil {
+		t.Fatal(err)
+	}
+	return s, st
+}
+
+// frames decodes what s would send next.
+func frames(t *testing.T, s *session) []wire.ServerFrame {
+	t.Helper()
+	b, err := s.next(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []wire.ServerFrame
+	for _, f := range b.frames {
+		sf, err := wire.DecodeServerFrame(f)
+		if err != nil {
+			t.Fatalf("frame %s: %v", f, err)
+		}
+		out = append(out, sf)
+	}
+	return out
+}
+
+func describe(fs []wire.ServerFrame) string {
+	var out []string
+	for _, f := range fs {
+		switch f.Type {
+		case wire.TypeGap:
+			out = append(out, fmt.Sprintf("gap(%d,%d)", f.After, f.Next))
+		default:
+			out = append(out, fmt.Sprintf("%d", f.Seq))
+		}
+	}
+	return fmt.Sprint(out)
+}
+
+func doorbell(seq, prev uint64, data string) wire.Doorbell {
+	return wire.Doorbell{User: "alice", Seq: seq, Epoch: "e1", HasContent: true, Prev: prev, ID: fmt.Sprint("n", seq), TS: time.Now(), Data: []byte(data)}
+}
+
+// TestAttachRefusesAHubClosedByANewEpoch: a socket between join and attach
+// when the epoch changes must not attach to the closed hub, which nothing
+// would ever wake or close again.
+func TestAttachRefusesAHubClosedByANewEpoch(t *testing.T) {
+	tu := newTestUsers(t, Config{})
+	h, err := tu.join(context.Background(), "alice") // joined, not attached yet
+	if err != nil {
+		t.Fatal(err)
+	}
+	tu.closeEpoch()
+	s := newSession(h, &fakeConn{}, start{})
+	if err := tu.attach(h, s); !errors.Is(err, errStaleEpoch) {
+		t.Fatalf("attach to a hub closed by a new epoch: %v, want errStaleEpoch", err)
+	}
+	tu.leave(h, nil)
+	if n, _ := tu.counts(); n != 0 {
+		t.Fatalf("%d sockets counted after the refusal", n)
+	}
+}
+
+// TestTooManySocketsRefusedBeforeLogWork: the per-user limit is checked
+// before the hub reads anything.
+func TestTooManySocketsRefusedBeforeLogWork(t *testing.T) {
+	tu := newTestUsers(t, Config{MaxSocketsPerUser: 2})
+	tu.session(t, "alice", 0, "")
+	tu.session(t, "alice", 0, "")
+	reads := tu.log.reads
+	if _, err := tu.join(context.Background(), "alice"); !errors.Is(err, errTooManySockets) {
+		t.Fatalf("third socket: %v, want errTooManySockets", err)
+	}
+	if tu.log.reads != reads {
+		t.Fatalf("the refused join read the log")
+	}
+}
+
+// TestBufferBounds: the hub keeps at most twice BufferSize entries and
+// BufferBytes bytes, always the newest, and base always names the entry
+// before the first kept; an entry larger than BufferBytes alone does not
+// break the trim (it once indexed buf[-1]).
+func TestBufferBounds(t *testing.T) {
+	tu := newTestUsers(t, Config{BufferSize: 8, BufferBytes: 1000})
+	h := &hub{u: tu.users, sessions: map[*session]struct{}{}}
+	frame := func(n int) []byte { return make([]byte, n) }
+	h.push(entry{seq: 1, frame: frame(5000)}) // the first entry, alone over the bound
+	if len(h.buf) != 1 || h.head != 1 {
+		t.Fatalf("after one huge frame: %d entries, head %d", len(h.buf), h.head)
+	}
+	seq := uint64(1)
+	for i := range 500 {
+		size := 10 + (i%7)*60 // 10..370 bytes
+		seq += 3
+		h.push(entry{seq: seq, prev: seq - 3, frame: frame(size)})
+		total := 0
+		for _, e := range h.buf {
+			total += len(e.frame)
+		}
+		switch {
+		case total != h.bufBytes:
+			t.Fatalf("push %d: bufBytes %d, frames hold %d", i, h.bufBytes, total)
+		case len(h.buf) > 2*8, total > 1000 && len(h.buf) > 1:
+			t.Fatalf("push %d: %d entries, %d bytes: over the bounds", i, len(h.buf), total)
+		case h.buf[len(h.buf)-1].seq != seq || h.head != seq:
+			t.Fatalf("push %d: the newest entry is not kept", i)
+		case h.buf[0].hubPrev != h.base:
+			t.Fatalf("push %d: base %d, but the first entry follows %d", i, h.base, h.buf[0].hubPrev)
+		}
+	}
+	h.push(entry{seq: seq + 3, prev: seq, frame: frame(5000)})
+	if len(h.buf) != 1 || h.buf[0].seq != seq+3 || h.base != seq {
+		t.Fatalf("after a huge frame: %d entries, base %d", len(h.buf), h.base)
+	}
+}
+
+// TestUndeliverableMessageIsAGap: a message that cannot be encoded (not
+// JSON here) is neither sent nor retried: the device gets one gap over it,
+// and the message after it as usual.
+func TestUndeliverableMessageIsAGap(t *testing.T) {
+	tu := newTestUsers(t, Config{})
+	s, _ := tu.session(t, "alice", 0, "")
+	h := s.h
+	h.doorbell(doorbell(3, 0, `1`), "")
+	h.doorbell(doorbell(5, 3, `{`), "") // cannot be a frame
+	h.doorbell(doorbell(7, 5, `2`), "")
+	if got := describe(frames(t, s)); got != "[3 gap(3,6) 7]" {
+		t.Fatalf("frames %s, want [3 gap(3,6) 7]", got)
+	}
+	// A device resuming from the log gets the same.
+	for _, seq := range []uint64{3, 5, 7} {
+		tu.log.append(seq, map[uint64]string{3: `1`, 5: `{`, 7: `2`}[seq])
+	}
+	s2, _ := tu.session(t, "alice", 0, "")
+	h.mu.Lock()
+	h.base = 7 // as if the buffer had been trimmed: s2 reads the log
+	h.buf = nil
+	h.mu.Unlock()
+	if got := describe(frames(t, s2)); got != "[3 gap(3,6) 7]" {
+		t.Fatalf("from the log: %s, want [3 gap(3,6) 7]", got)
+	}
+	if n := counter(t, tu.m.undeliverable); n != 1 {
+		t.Fatalf("%v undeliverable counted, want 1 (once, then remembered)", n)
+	}
+}
+
+// TestPanickingMessageIsAGapOnce: a message whose handling panics is
+// recovered, poisoned and given as a gap, and never handled again.
+func TestPanickingMessageIsAGapOnce(t *testing.T) {
+	tu := newTestUsers(t, Config{})
+	enc := tu.encode
+	calls := map[uint64]int{}
+	tu.encode = func(m inbox.Message) ([]byte, error) {
+		calls[m.Seq]++
+		if string(m.Data) == `"boom"` {
+			panic("boom")
+		}
+		return enc(m)
+	}
+	s, _ := tu.session(t, "alice", 0, "")
+	s.h.doorbell(doorbell(4, 0, `"boom"`), "")
+	s.h.doorbell(doorbell(6, 4, `1`), "")
+	if got := describe(frames(t, s)); got != "[gap(0,5) 6]" {
+		t.Fatalf("frames %s, want [gap(0,5) 6]", got)
+	}
+	// Read again from the log by a second device: not handled again.
+	tu.log.append(4, `"boom"`)
+	tu.log.append(6, `1`)
+	s2, _ := tu.session(t, "alice", 0, "")
+	s.h.mu.Lock()
+	s.h.base, s.h.buf = 6, nil
+	s.h.mu.Unlock()
+	if got := describe(frames(t, s2)); got != "[gap(0,5) 6]" {
+		t.Fatalf("second device: %s, want [gap(0,5) 6]", got)
+	}
+	if calls[4] != 1 || len(tu.panics) != 1 || tu.panics[0] != "encode" {
+		t.Fatalf("the poisoned message was handled %d times, panics %v; want once", calls[4], tu.panics)
+	}
+}
+
+// TestVoidCursorHelloThenGap: a cursor from another epoch gets a hello that
+// repeats the client's own cursor, then the gap, so a socket that ends
+// between the two resumes with the old cursor and learns of the gap again;
+// and a message evicted between that decision and the first read is a gap
+// too, not silently skipped.
+func TestVoidCursorHelloThenGap(t *testing.T) {
+	tu := newTestUsers(t, Config{})
+	for _, seq := range []uint64{10, 12, 14} {
+		tu.log.append(seq, `1`)
+	}
+	s, st := tu.session(t, "alice", 40, "old-epoch")
+	if st.helloEpoch != "old-epoch" || st.helloCursor != 40 {
+		t.Fatalf("hello says (%q, %d), want the client's own cursor (old-epoch, 40)", st.helloEpoch, st.helloCursor)
+	}
+	g, err := wire.DecodeServerFrame(st.gap)
+	if err != nil || g.Type != wire.TypeGap || g.Epoch != "e1" || g.After != 40 || g.Next != 10 {
+		t.Fatalf("gap %s (%v), want after 40 next 10 in e1", st.gap, err)
+	}
+	tu.log.evict(10) // gone before the session's first read
+	if got := describe(frames(t, s)); got != "[gap(9,12) 12 14]" {
+		t.Fatalf("frames %s, want [gap(9,12) 12 14]", got)
+	}
+	// Without the eviction, no second gap.
+	tu.log.append(16, `1`)
+	s2, _ := tu.session(t, "alice", 99, "old-epoch")
+	s2.h.mu.Lock()
+	s2.h.base, s2.h.buf = 16, nil
+	s2.h.mu.Unlock()
+	if got := describe(frames(t, s2)); got != "[12 14 16]" {
+		t.Fatalf("frames %s, want [12 14 16]", got)
+	}
+}
+
+// TestNoGapWhereNoSeqLies: a device that resumes just before the next
+// message (a cursor it took from a gap's next) gets no second gap, however
+// the message's predecessor was evicted.
+func TestNoGapWhereNoSeqLies(t *testing.T) {
+	tu := newTestUsers(t, Config{})
+	for _, seq := range []uint64{5, 9, 11} {
+		tu.log.append(seq, `1`)
+	}
+	tu.log.evict(5)
+	s, _ := tu.session(t, "alice", 8, "e1") // from gap{next: 9}
+	s.h.mu.Lock()
+	s.h.base = 11
+	s.h.mu.Unlock()
+	if got := describe(frames(t, s)); got != "[9 11]" {
+		t.Fatalf("frames %s, want [9 11]", got)
+	}
+}
+
+// TestOldEpochHubReadsNothingNew: a hub whose epoch the stream no longer
+// has (recreated) takes nothing from it: a doorbell of another epoch rings
+// the monitor instead of the log, and a repair whose read cannot be
+// confirmed in the hub's epoch pushes nothing.
+func TestOldEpochHubReadsNothingNew(t *testing.T) {
+	tu := newTestUsers(t, Config{})
+	s, _ := tu.session(t, "alice", 0, "")
+	h := s.h
+	tu.log.append(1, `"new stream"`)
+	d := doorbell(1, 0, `"new stream"`)
+	d.Epoch = "e2"
+	reads := tu.log.reads
+	h.doorbell(d, "")
+	if tu.log.reads != reads || tu.changed == 0 {
+		t.Fatalf("a doorbell of another epoch: %d reads, %d epoch checks; want none and one", tu.log.reads-reads, tu.changed)
+	}
+	tu.mu.Lock()
+	tu.current = "e2" // the stream was recreated
+	tu.mu.Unlock()
+	h.sync(1, "e1") // anti-entropy, before it learnt
+	waitUntil(t, func() bool {
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		return !h.repairing && tu.log.reads > reads
+	})
+	h.mu.Lock()
+	head, n := h.head, len(h.buf)
+	h.mu.Unlock()
+	if head != 0 || n != 0 {
+		t.Fatalf("the old-epoch hub took a message of the new stream: head %d, %d buffered", head, n)
+	}
+}
+
+func waitUntil(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("timed out")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func newTestMetrics() *metrics { return newMetrics(prometheus.NewRegistry()) }
+
+func counter(t *testing.T, c prometheus.Counter) float64 {
+	t.Helper()
+	return testutil.ToFloat64(c)
+}
