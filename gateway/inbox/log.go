@@ -11,10 +11,12 @@
 // # Concurrency
 //
 // A Log is safe for concurrent use and starts no goroutines. Appends for one
-// user are serialized within the process by a striped mutex (locks), so a
-// process never races itself on a user's chain; other processes are kept out
-// of it by the expected-sequence check. heads guards its own map; epoch is an
-// atomic value.
+// user are serialized within the process by a lock of the user's own
+// (userLocks), which a waiter abandons when its deadline passes, so a
+// process never races itself on a user's chain and one user's slow append
+// holds up no other user; other processes are kept out of the chain by the
+// expected-sequence check. heads guards its own map; epoch is an atomic
+// value.
 package inbox
 
 import (
@@ -27,7 +29,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/cespare/xxhash/v2"
 	"github.com/heraldpush/herald/gateway/wire"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -111,8 +112,11 @@ type Log struct {
 	js    jetstream.JetStream
 	epoch atomic.Pointer[string]
 
-	locks [256]sync.Mutex // appends for users hashing to a stripe run one at a time
+	locks userLocks
 	heads headCache
+
+	// beforeSend, if set (by tests), runs before each publish attempt.
+	beforeSend func(context.Context)
 
 	conflicts atomic.Int64
 	retries   atomic.Int64
@@ -211,10 +215,6 @@ type Stats struct {
 // Stats returns the log's counters.
 func (l *Log) Stats() Stats {
 	return Stats{Conflicts: l.conflicts.Load(), Retries: l.retries.Load()}
-}
-
-func (l *Log) lock(user string) *sync.Mutex {
-	return &l.locks[xxhash.Sum64String(user)%uint64(len(l.locks))]
 }
 
 // headCache remembers the last seq this process appended for a user. A stale
