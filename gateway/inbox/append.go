@@ -96,10 +96,20 @@ func (l *Log) Append(ctx context.Context, user, id string, data []byte) (Appende
 			lastErr = fmt.Errorf("deadline passed before attempt %d was sent: %w", attempt+1, cmp.Or(ctx.Err(), context.DeadlineExceeded))
 			break
 		}
+		st, high := l.known()
 		actx, acancel := context.WithTimeout(ctx, l.attemptTimeout(ctx))
 		ack, err := l.js.PublishMsg(actx, m, jetstream.WithRetryAttempts(0))
 		acancel()
 		if err == nil {
+			if st != nil {
+				if l.owner && !ack.Duplicate && ack.Sequence <= high {
+					// A new message at a seq already known to be
+					// stored: the stream lost its tail and gives its
+					// seqs again. The message is in the new epoch.
+					l.recordLoss(ctx, st, st.epoch, fmt.Sprintf("a new message got seq %d, at or below seq %d, which it acknowledged", ack.Sequence, high))
+				}
+				st.note(ack.Sequence)
+			}
 			if ack.Duplicate {
 				l.heads.forget(user) // the original need not be the head
 				// After an unanswered attempt, the duplicate is that attempt.
