@@ -2,14 +2,20 @@ package dispatcher
 
 import (
 	"context"
+	"errors"
 	"math/rand/v2"
 	"time"
 
 	"github.com/heraldpush/herald/gateway/inbox"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // runLog ensures the stream, publishes the log to the handlers, then
-// re-reads the epoch every EpochRefresh until ctx ends.
+// re-reads the epoch every EpochRefresh until ctx ends. Each refresh also
+// checks that the stream did not go backwards (lose acknowledged
+// messages), and if it did, records a new epoch in the stream: dispatchers
+// own the stream, so they are the ones that detect and record it
+// (inbox.Log.Refresh; gateways only read the epoch).
 func (d *Dispatcher) runLog(ctx context.Context) {
 	l := d.ensure(ctx)
 	if l == nil {
@@ -19,6 +25,7 @@ func (d *Dispatcher) runLog(ctx context.Context) {
 	t := time.NewTicker(d.cfg.EpochRefresh)
 	defer t.Stop()
 	failing := false
+	epoch, recorded := l.Epoch(), l.Stats().NewEpochs
 	for {
 		select {
 		case <-ctx.Done():
@@ -33,6 +40,16 @@ func (d *Dispatcher) runLog(ctx context.Context) {
 			d.log.Info("the log's epoch can be read again", "epoch", l.Epoch())
 		}
 		failing = err != nil
+		// The epoch may also have changed in an append, since the last
+		// refresh: compare with the last one logged.
+		if e, n := l.Epoch(), l.Stats().NewEpochs; e != epoch {
+			why := "the stream was recreated, or another dispatcher recorded that it lost acknowledged messages"
+			if n != recorded {
+				why = "the stream lost acknowledged messages: this dispatcher recorded a new epoch"
+			}
+			d.log.Warn("the log's epoch changed", "old", epoch, "new", e, "why", why)
+			epoch, recorded = e, n
+		}
 	}
 }
 
@@ -64,26 +81,19 @@ func (d *Dispatcher) ensure(ctx context.Context) *inbox.Log {
 	}
 }
 
-// refreshEpoch re-reads the log's epoch. When NATS answers but the stream
-// is gone (deleted by an operator), it creates it again, as a starting
-// dispatcher would: otherwise every append would fail until a restart.
+// refreshEpoch re-reads the log's epoch. When JetStream answers that the
+// stream is gone (deleted by an operator), it creates it again, as a
+// starting dispatcher would: otherwise every append would fail until a
+// restart. Any other failure is only reported: a stream that exists is
+// never rewritten here.
 func (d *Dispatcher) refreshEpoch(ctx context.Context, l *inbox.Log) error {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	old := l.Epoch()
-	e, err := l.Refresh(ctx)
-	if err != nil && d.cfg.NATS.IsConnected() {
-		if created, cerr := l.Create(ctx); cerr == nil {
-			e, err = created, nil
-		}
+	_, err := l.Refresh(ctx)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		_, err = l.Create(ctx)
 	}
-	if err != nil {
-		return err
-	}
-	if e != old {
-		d.log.Warn("the log's epoch changed: the stream was recreated", "old", old, "new", e)
-	}
-	return nil
+	return err
 }
 
 func (d *Dispatcher) logStats() inbox.Stats {

@@ -1,6 +1,7 @@
 package inbox
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -45,13 +46,17 @@ func MsgID(user, id string) string { return wire.UserKey(user) + "/" + id }
 // Config.AppendTimeout. When an attempt's outcome is unknown (no ack), it is
 // retried with the same id, so it lands at most once; if the deadline passes
 // first, Append returns ErrUnknownOutcome. ErrUnavailable and
-// ErrStorageFull mean nothing was stored.
+// ErrStorageFull mean nothing was stored: among others, when the deadline
+// passed before anything was sent, such as while waiting for an earlier
+// append of the same user.
 func (l *Log) Append(ctx context.Context, user, id string, data []byte) (Appended, error) {
 	ctx, cancel := context.WithTimeout(ctx, l.cfg.AppendTimeout)
 	defer cancel()
-	mu := l.lock(user)
-	mu.Lock()
-	defer mu.Unlock()
+	ul, err := l.locks.lock(ctx, user)
+	if err != nil {
+		return Appended{}, fmt.Errorf("%w: waiting for the user's earlier append: %w", ErrUnavailable, err)
+	}
+	defer l.locks.unlock(user, ul)
 
 	subject := wire.InboxSubject(user)
 	head, ok := l.heads.get(user)
@@ -82,10 +87,29 @@ func (l *Log) Append(ctx context.Context, user, id string, data []byte) (Appende
 		m.Header.Set(wire.HeaderPrev, strconv.FormatUint(head, 10))
 		m.Data = data
 
+		if l.beforeSend != nil {
+			l.beforeSend(ctx)
+		}
+		if !canSend(ctx) {
+			// Nothing of this attempt was sent: only an earlier one can
+			// have been stored.
+			lastErr = fmt.Errorf("deadline passed before attempt %d was sent: %w", attempt+1, cmp.Or(ctx.Err(), context.DeadlineExceeded))
+			break
+		}
+		st, high := l.known()
 		actx, acancel := context.WithTimeout(ctx, l.attemptTimeout(ctx))
 		ack, err := l.js.PublishMsg(actx, m, jetstream.WithRetryAttempts(0))
 		acancel()
 		if err == nil {
+			if st != nil {
+				if l.owner && !ack.Duplicate && ack.Sequence <= high {
+					// A new message at a seq already known to be
+					// stored: the stream lost its tail and gives its
+					// seqs again. The message is in the new epoch.
+					l.recordLoss(ctx, st, st.epoch, fmt.Sprintf("a new message got seq %d, at or below seq %d, which it acknowledged", ack.Sequence, high))
+				}
+				st.note(ack.Sequence)
+			}
 			if ack.Duplicate {
 				l.heads.forget(user) // the original need not be the head
 				// After an unanswered attempt, the duplicate is that attempt.
@@ -146,6 +170,23 @@ func (l *Log) Append(ctx context.Context, user, id string, data []byte) (Appende
 		return Appended{}, fmt.Errorf("%w: %v", ErrUnknownOutcome, lastErr)
 	}
 	return Appended{}, fmt.Errorf("%w: %v", ErrUnavailable, lastErr)
+}
+
+// minSend is the least time before the deadline in which Append still
+// sends an attempt. nats.go refuses to send a request whose context has
+// ended and answers with the context's error, which Append could not tell
+// from an attempt sent and unanswered; with this margin that takes a stall
+// of the goroutine longer than it, and even then the answer is the safe
+// one, "unknown".
+const minSend = time.Millisecond
+
+// canSend reports whether an attempt may still be sent before ctx ends.
+func canSend(ctx context.Context) bool {
+	if ctx.Err() != nil {
+		return false
+	}
+	dl, ok := ctx.Deadline()
+	return !ok || time.Until(dl) >= minSend
 }
 
 // attemptTimeout leaves room for at least one retry within the deadline.

@@ -213,6 +213,11 @@ func TestConcurrentAppendersNeverFork(t *testing.T) {
 				}
 				seen[m.ID] = true
 			}
+			for i, l := range logs {
+				if n := inbox.LockedUsers(l); n != 0 {
+					t.Fatalf("log %d keeps %d users' locks after every append ended", i, n)
+				}
+			}
 			st := logs[0].Stats()
 			st2 := logs[1].Stats()
 			t.Logf("R%d: %d conflicts, %d retries for %d appends", replicas, st.Conflicts+st2.Conflicts, st.Retries+st2.Retries, writers*each)

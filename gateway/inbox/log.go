@@ -8,13 +8,60 @@
 // fork; a reader that finds a message whose Herald-Prev is not the seq it
 // read before knows retention dropped what lies between (a gap).
 //
+// # Epochs
+//
+// A cursor is (epoch, seq): within one epoch a seq names one message, ever.
+// The epoch is the stream's creation time in base 36, so a stream deleted
+// and created again is a new epoch. A stream can also go backwards without
+// being recreated: a single replica that loses its acknowledged tail in a
+// crash, a restore from a backup. Its next messages then get seqs that
+// clients and hubs already saw. So a log that goes backwards becomes a new
+// epoch too: the creation time, ".", and the value under the stream's
+// metadata key herald_epoch (EpochKey). A stream without the key keeps the
+// epoch it always had.
+//
+// Dispatchers detect the loss and record the new epoch, because they own
+// the stream (Ensure creates and updates it); gateways only read the epoch
+// (Open, Refresh) and close their sockets when it changes. A Log from
+// Ensure remembers the highest seq it knows is stored in the epoch: its
+// appends' PubAcks and the stream's last seq each time it reads it. The
+// stream went backwards when the answer to a fresh stream info, from the
+// stream's leader (a replica answering during an election may lag), shows
+// a last seq below what was known before that request was sent; or when
+// an append is acknowledged, not as a duplicate, with a seq at or below
+// what was known before it was sent. Only what was known before the
+// request counts: the PubAcks of concurrent appends arrive in any order.
+// The Log then pauses a random moment, re-reads the stream, adopts a new
+// epoch if another dispatcher recorded one meanwhile, and otherwise
+// updates the stream's configuration, as it is, with a new herald_epoch
+// (the time in base 36). Ensure and Create carry the stream's metadata
+// over, so restarts keep the epoch; a Log never goes back to an epoch it
+// left while the stream stayed.
+//
+// Until a dispatcher finds the loss (at its next refresh, or its next
+// append that meets it), new messages are announced in the old epoch, and
+// hubs drop their doorbells as already seen; once the epoch changes,
+// clients get a gap and replay the retained log, those messages included.
+//
+// The limit: only a dispatcher that knew of the lost seqs can tell they
+// are gone. A loss while no such dispatcher runs (all of them restarted
+// since the lost messages were stored) goes unseen: clients whose cursor is
+// beyond the log's last seq still get a gap, as they always did, but those
+// whose cursor lies among the reused seqs skip the messages that reuse
+// them. Two dispatchers that find a loss within a round trip of each other
+// may both record one: the epoch then changes twice, and clients reconnect
+// twice.
+//
 // # Concurrency
 //
 // A Log is safe for concurrent use and starts no goroutines. Appends for one
-// user are serialized within the process by a striped mutex (locks), so a
-// process never races itself on a user's chain; other processes are kept out
-// of it by the expected-sequence check. heads guards its own map; epoch is an
-// atomic value.
+// user are serialized within the process by a lock of the user's own
+// (userLocks), which a waiter abandons when its deadline passes, so a
+// process never races itself on a user's chain and one user's slow append
+// holds up no other user; other processes are kept out of the chain by the
+// expected-sequence check. heads guards its own map; the epoch state is an
+// atomic pointer, its high mark an atomic; mu guards the retired epochs;
+// recording lets one goroutine at a time record a new epoch.
 package inbox
 
 import (
@@ -22,12 +69,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/cespare/xxhash/v2"
 	"github.com/heraldpush/herald/gateway/wire"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -106,20 +151,35 @@ var (
 
 // Log is the per-user log.
 type Log struct {
-	cfg   Config
-	nc    *nats.Conn
-	js    jetstream.JetStream
-	epoch atomic.Pointer[string]
+	cfg Config
+	nc  *nats.Conn
+	js  jetstream.JetStream
+	// owner is set by Ensure: this process owns the stream, and records a
+	// new epoch when it finds the stream went backwards.
+	owner bool
 
-	locks [256]sync.Mutex // appends for users hashing to a stripe run one at a time
+	state     atomic.Pointer[epochState] // the epoch as last read
+	reads     atomic.Uint64              // tickets of stream info reads
+	recording chan struct{}              // full while a new epoch is being recorded
+
+	mu      sync.Mutex // guards retired
+	retired []string   // epochs left while the stream stayed, oldest first
+
+	locks userLocks
 	heads headCache
+
+	// beforeSend, if set (by tests), runs before each publish attempt.
+	beforeSend func(context.Context)
 
 	conflicts atomic.Int64
 	retries   atomic.Int64
+	epochs    atomic.Int64
 }
 
 // Ensure creates the stream or updates its configuration, and returns the
-// log. Dispatchers call it; gateways Open the stream instead.
+// log. Dispatchers call it; gateways Open the stream instead. The log owns
+// the stream: when it finds the stream went backwards it records a new
+// epoch in it (see the package doc).
 //
 // For appends, nc should not buffer while reconnecting
 // (nats.ReconnectBufSize(-1)): a publish during a reconnect then fails at
@@ -129,6 +189,7 @@ func Ensure(ctx context.Context, nc *nats.Conn, cfg Config) (*Log, error) {
 	if err != nil {
 		return nil, err
 	}
+	l.owner = true
 	if _, err := l.Create(ctx); err != nil {
 		return nil, err
 	}
@@ -138,12 +199,37 @@ func Ensure(ctx context.Context, nc *nats.Conn, cfg Config) (*Log, error) {
 // Create creates the log's stream, or updates its configuration, and
 // returns the epoch. A dispatcher calls it again when an operator has
 // deleted the stream.
+//
+// The stream's metadata is carried over (but for the server's own keys),
+// EpochKey above all, so a dispatcher that starts keeps the epoch. A stream
+// whose configuration is already the log's is not written at all: creating
+// a stream exactly as it is changes nothing.
 func (l *Log) Create(ctx context.Context) (string, error) {
-	st, err := l.js.CreateOrUpdateStream(ctx, l.cfg.StreamConfig())
-	if err != nil {
-		return "", fmt.Errorf("create or update stream %s: %w", l.cfg.Stream, err)
+	var err error
+	for range 3 { // another process may create or delete the stream meanwhile
+		cfg := l.cfg.StreamConfig()
+		ticket := l.ticket()
+		var s jetstream.Stream
+		s, err = l.js.Stream(ctx, l.cfg.Stream)
+		switch {
+		case errors.Is(err, jetstream.ErrStreamNotFound):
+			s, err = l.js.CreateStream(ctx, cfg)
+		case err == nil:
+			cfg.Metadata = carried(s.CachedInfo().Config.Metadata)
+			s, err = l.js.CreateStream(ctx, cfg)
+			if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) { // configured otherwise
+				s, err = l.js.UpdateStream(ctx, cfg)
+			}
+		}
+		if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) || errors.Is(err, jetstream.ErrStreamNotFound) {
+			continue
+		}
+		if err != nil {
+			break
+		}
+		return l.adopt(ticket, s.CachedInfo()), nil
 	}
-	return l.setEpoch(st.CachedInfo()), nil
+	return "", fmt.Errorf("create or update stream %s: %w", l.cfg.Stream, err)
 }
 
 // Open returns the log of an existing stream. It fails if the stream does
@@ -165,7 +251,7 @@ func newLog(nc *nats.Conn, cfg Config) (*Log, error) {
 	if err != nil {
 		return nil, err
 	}
-	l := &Log{cfg: cfg, nc: nc, js: js}
+	l := &Log{cfg: cfg, nc: nc, js: js, recording: make(chan struct{}, 1)}
 	l.heads.max = cfg.HeadCache
 	return l, nil
 }
@@ -173,48 +259,46 @@ func newLog(nc *nats.Conn, cfg Config) (*Log, error) {
 // Config returns the log's configuration with defaults filled in.
 func (l *Log) Config() Config { return l.cfg }
 
-// Epoch identifies this incarnation of the stream: it changes when the
-// stream is deleted and created again, which restarts its seqs. A cursor is
-// only meaningful together with its epoch. Empty until known.
+// Epoch identifies this incarnation of the log's seqs: it changes when the
+// stream is deleted and created again, which restarts its seqs, and when a
+// dispatcher finds the stream lost acknowledged messages, whose seqs it
+// then gives again (see the package doc). A cursor is only meaningful
+// together with its epoch. Empty until known.
 func (l *Log) Epoch() string {
-	if e := l.epoch.Load(); e != nil {
-		return *e
+	if st := l.state.Load(); st != nil {
+		return st.epoch
 	}
 	return ""
 }
 
-// Refresh reads the stream's epoch from JetStream and returns it.
+// Refresh reads the stream's epoch from JetStream and returns it. On a Log
+// from Ensure it also checks that the stream did not go backwards, and if
+// it did, records a new epoch (see the package doc); a Log from Open only
+// reads.
 func (l *Log) Refresh(ctx context.Context) (string, error) {
-	st, err := l.js.Stream(ctx, l.cfg.Stream)
+	st, high := l.known()
+	ticket := l.ticket()
+	s, err := l.js.Stream(ctx, l.cfg.Stream)
 	if err != nil {
 		// Both stay matchable: errors.Is(err, jetstream.ErrStreamNotFound)
 		// tells a missing stream from an unreachable one.
 		return "", fmt.Errorf("%w: stream %s: %w", ErrUnavailable, l.cfg.Stream, err)
 	}
-	return l.setEpoch(st.CachedInfo()), nil
-}
-
-func (l *Log) setEpoch(info *jetstream.StreamInfo) string {
-	e := strconv.FormatInt(info.Created.UnixNano(), 36)
-	if old := l.epoch.Swap(&e); old != nil && *old != e {
-		l.heads.clear() // every cached head belongs to the old stream
-	}
-	return e
+	return l.checkInfo(ctx, st, high, ticket, s.CachedInfo())
 }
 
 // Stats are counters for metrics.
 type Stats struct {
 	Conflicts int64 // appends that found another message at the head
 	Retries   int64 // publish attempts beyond the first
+	// NewEpochs counts the epochs this Log recorded because the stream
+	// had lost acknowledged messages.
+	NewEpochs int64
 }
 
 // Stats returns the log's counters.
 func (l *Log) Stats() Stats {
-	return Stats{Conflicts: l.conflicts.Load(), Retries: l.retries.Load()}
-}
-
-func (l *Log) lock(user string) *sync.Mutex {
-	return &l.locks[xxhash.Sum64String(user)%uint64(len(l.locks))]
+	return Stats{Conflicts: l.conflicts.Load(), Retries: l.retries.Load(), NewEpochs: l.epochs.Load()}
 }
 
 // headCache remembers the last seq this process appended for a user. A stale

@@ -1,0 +1,377 @@
+package inbox_test
+
+import (
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/heraldpush/herald/gateway/inbox"
+	"github.com/heraldpush/herald/gateway/inbox/inboxtest"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// streamInfo reads the log's stream as it is now, waiting for it to be
+// back after a restart.
+func streamInfo(tb testing.TB, nc *nats.Conn) *jetstream.StreamInfo {
+	tb.Helper()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	var info *jetstream.StreamInfo
+	waitFor(tb, 10*time.Second, "the stream's info", func() bool {
+		s, err := js.Stream(ctx, "HERALD_INBOX")
+		if err != nil {
+			return false
+		}
+		info = s.CachedInfo()
+		return true
+	})
+	return info
+}
+
+// loseTail makes the stream lose acknowledged messages, as a single
+// replica does whose last writes never reached the disk: it stops the
+// server, cuts the last message block in half and removes the stream state
+// file the server would otherwise trust, and starts the server again. It
+// returns the stream's last seq before and after; after is lower. It waits
+// for nc and the others to be connected again.
+func loseTail(tb testing.TB, s *inboxtest.Server, nc *nats.Conn, others ...*nats.Conn) (before, after uint64) {
+	tb.Helper()
+	before = streamInfo(tb, nc).State.LastSeq
+	dir := filepath.Join(s.StoreDir(), "$G", "streams", "HERALD_INBOX", "msgs")
+	s.Stop()
+	blocks, err := filepath.Glob(filepath.Join(dir, "*.blk"))
+	if err != nil || len(blocks) == 0 {
+		tb.Fatalf("no message blocks in %s: %v", dir, err)
+	}
+	slices.SortFunc(blocks, func(a, b string) int { return blockIndex(tb, a) - blockIndex(tb, b) })
+	last := blocks[len(blocks)-1]
+	fi, err := os.Stat(last)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if err := os.Truncate(last, fi.Size()/2); err != nil {
+		tb.Fatal(err)
+	}
+	if err := os.Remove(filepath.Join(dir, "index.db")); err != nil && !os.IsNotExist(err) {
+		tb.Fatal(err)
+	}
+	s.Start()
+	for _, c := range append(others, nc) {
+		waitFor(tb, 10*time.Second, "the connections to come back", func() bool { return c.Status() == nats.CONNECTED })
+	}
+	after = streamInfo(tb, nc).State.LastSeq
+	if after >= before {
+		tb.Fatalf("the stream's last seq is %d after cutting its tail, was %d", after, before)
+	}
+	return before, after
+}
+
+func blockIndex(tb testing.TB, path string) int {
+	n, err := strconv.Atoi(strings.TrimSuffix(filepath.Base(path), ".blk"))
+	if err != nil {
+		tb.Fatalf("block file %s: %v", path, err)
+	}
+	return n
+}
+
+// createdEpoch is the epoch of a stream without a recorded one: its
+// creation time in base 36, what every epoch was before herald_epoch.
+func createdEpoch(info *jetstream.StreamInfo) string {
+	return strconv.FormatInt(info.Created.UnixNano(), 36)
+}
+
+// updates counts the stream configuration updates anyone sends, from now
+// on, on the connection it returns (which a test restarting the server
+// waits for).
+func updates(tb testing.TB, url string) (*nats.Conn, func() int) {
+	tb.Helper()
+	var (
+		mu sync.Mutex
+		n  int
+	)
+	spy := inboxtest.Connect(tb, url, nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
+	if _, err := spy.Subscribe("$JS.API.STREAM.UPDATE.HERALD_INBOX", func(*nats.Msg) {
+		mu.Lock()
+		n++
+		mu.Unlock()
+	}); err != nil {
+		tb.Fatal(err)
+	}
+	if err := spy.Flush(); err != nil {
+		tb.Fatal(err)
+	}
+	return spy, func() int {
+		tb.Helper()
+		if err := spy.Flush(); err != nil { // the updates sent so far have arrived
+			tb.Fatal(err)
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		return n
+	}
+}
+
+func refresh(tb testing.TB, l *inbox.Log) string {
+	tb.Helper()
+	e, err := l.Refresh(ctx)
+	if err != nil {
+		tb.Fatalf("Refresh: %v", err)
+	}
+	return e
+}
+
+// TestLostTailIsANewEpoch: the stream loses acknowledged messages. A
+// gateway's log (Open) neither notices nor writes; the dispatcher's (Ensure)
+// finds it at its next refresh and records a new epoch, once; the gateway
+// then reads it; Ensure, with the same or another configuration, keeps it.
+func TestLostTailIsANewEpoch(t *testing.T) {
+	s := inboxtest.Run(t)
+	nc := appendConn(t, s.URL())
+	l := ensure(t, nc, inbox.Config{})
+	old := l.Epoch()
+	if want := createdEpoch(streamInfo(t, nc)); old != want {
+		t.Fatalf("epoch of a stream without a recorded one = %s, want %s (its creation time)", old, want)
+	}
+	for i := range 20 {
+		mustAppend(t, l, "alice", strconv.Itoa(i))
+	}
+	gwc := inboxtest.Connect(t, s.URL(), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
+	gw, err := inbox.Open(ctx, gwc, inbox.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	loseTail(t, s, nc, gwc)
+	_, written := updates(t, s.URL())
+	if e := refresh(t, gw); e != old {
+		t.Fatalf("a gateway's refresh changed the epoch to %s", e)
+	}
+	if _, ok := streamInfo(t, nc).Config.Metadata[inbox.EpochKey]; ok {
+		t.Fatal("a gateway's refresh recorded an epoch")
+	}
+	now := refresh(t, l)
+	if now == old || !strings.HasPrefix(now, old+".") || l.Stats().NewEpochs != 1 {
+		t.Fatalf("after the loss the dispatcher's epoch is %s (was %s), %d recorded; want a new one recorded", now, old, l.Stats().NewEpochs)
+	}
+	mark := streamInfo(t, nc).Config.Metadata[inbox.EpochKey]
+	if mark == "" || now != old+"."+mark {
+		t.Fatalf("epoch %s, stream's %s = %q", now, inbox.EpochKey, mark)
+	}
+	if e := refresh(t, gw); e != now {
+		t.Fatalf("the gateway reads epoch %s, want %s", e, now)
+	}
+	for range 3 {
+		if e := refresh(t, l); e != now {
+			t.Fatalf("epoch changed again to %s", e)
+		}
+	}
+	if n := written(); n != 1 {
+		t.Fatalf("%d stream updates to record one epoch", n)
+	}
+	a := mustAppend(t, l, "alice", "after")
+	if a.Epoch != now {
+		t.Fatalf("append after the loss in epoch %s, want %s", a.Epoch, now)
+	}
+	checkChain(t, readAll(t, l, "alice"))
+
+	// A dispatcher starting, with the same configuration or another one
+	// (which updates the stream), keeps the epoch.
+	for _, cfg := range []inbox.Config{{}, {MaxMsgsPerUser: 50}} {
+		l2 := ensure(t, appendConn(t, s.URL()), cfg)
+		info := streamInfo(t, nc)
+		if l2.Epoch() != now || info.Config.Metadata[inbox.EpochKey] != mark || info.Config.MaxMsgsPerSubject != cfg.StreamConfig().MaxMsgsPerSubject {
+			t.Fatalf("Ensure(%+v): epoch %s, %s %q, MaxMsgsPerSubject %d; want epoch %s kept and the configuration applied",
+				cfg, l2.Epoch(), inbox.EpochKey, info.Config.Metadata[inbox.EpochKey], info.Config.MaxMsgsPerSubject, now)
+		}
+	}
+	if e := refresh(t, l); e != now || l.Stats().NewEpochs != 1 {
+		t.Fatalf("after the restarts: epoch %s, %d recorded; want %s, 1", e, l.Stats().NewEpochs, now)
+	}
+}
+
+// TestAppendFindsLostTail: an append finds the loss by itself, before any
+// refresh, and its message is in the new epoch.
+func TestAppendFindsLostTail(t *testing.T) {
+	for _, c := range []struct{ name, user string }{
+		// A new user: the message is acknowledged with a seq the log
+		// already acknowledged once.
+		{"reused seq", "carol"},
+		// alice's cached head is gone: the append conflicts and finds
+		// her log went backwards.
+		{"head went back", "alice"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			s := inboxtest.Run(t)
+			nc := appendConn(t, s.URL())
+			l := ensure(t, nc, inbox.Config{})
+			old := l.Epoch()
+			for i := range 20 {
+				mustAppend(t, l, "alice", strconv.Itoa(i))
+			}
+			_, after := loseTail(t, s, nc)
+			a := mustAppend(t, l, c.user, "x")
+			if a.Seq != after+1 || a.Epoch == old || a.Epoch != l.Epoch() || l.Stats().NewEpochs != 1 {
+				t.Fatalf("append after the loss: %+v, log epoch %s (was %s), %d recorded; want seq %d in a new epoch",
+					a, l.Epoch(), old, l.Stats().NewEpochs, after+1)
+			}
+			if e := refresh(t, l); e != a.Epoch || l.Stats().NewEpochs != 1 {
+				t.Fatalf("refresh after the append: %s, %d recorded; want %s, 1", e, l.Stats().NewEpochs, a.Epoch)
+			}
+		})
+	}
+}
+
+// TestTwoDispatchersOneLoss: the second dispatcher to look finds the epoch
+// the first recorded and adopts it; when both look at once they agree on
+// one epoch at the next refresh.
+func TestTwoDispatchersOneLoss(t *testing.T) {
+	t.Run("one after the other", func(t *testing.T) {
+		s := inboxtest.Run(t)
+		nc := appendConn(t, s.URL())
+		a := ensure(t, nc, inbox.Config{})
+		for i := range 20 {
+			mustAppend(t, a, "alice", strconv.Itoa(i))
+		}
+		bc := appendConn(t, s.URL())
+		b := ensure(t, bc, inbox.Config{}) // knows the last seq
+		old := a.Epoch()
+		loseTail(t, s, nc, bc)
+		ea := refresh(t, a)
+		eb := refresh(t, b)
+		if ea == old || eb != ea || a.Stats().NewEpochs != 1 || b.Stats().NewEpochs != 0 {
+			t.Fatalf("epochs %s and %s (was %s), recorded %d and %d; want one new epoch, recorded by the first",
+				ea, eb, old, a.Stats().NewEpochs, b.Stats().NewEpochs)
+		}
+	})
+	// The second finds the loss in an append (its message got a seq it
+	// knew was taken) after the first recorded it: it re-reads the stream
+	// before writing, and takes the first one's epoch.
+	t.Run("the second appending", func(t *testing.T) {
+		s := inboxtest.Run(t)
+		nc := appendConn(t, s.URL())
+		a := ensure(t, nc, inbox.Config{})
+		for i := range 20 {
+			mustAppend(t, a, "alice", strconv.Itoa(i))
+		}
+		bc := appendConn(t, s.URL())
+		b := ensure(t, bc, inbox.Config{})
+		old := a.Epoch()
+		loseTail(t, s, nc, bc)
+		_, written := updates(t, s.URL())
+		ea := refresh(t, a)
+		got := mustAppend(t, b, "carol", "x")
+		if ea == old || got.Epoch != ea || b.Epoch() != ea || b.Stats().NewEpochs != 0 || written() != 1 {
+			t.Fatalf("first epoch %s (was %s); the second's append in %s, its log in %s, %d recorded by it, %d updates; want one new epoch",
+				ea, old, got.Epoch, b.Epoch(), b.Stats().NewEpochs, written())
+		}
+	})
+	t.Run("at once", func(t *testing.T) {
+		s := inboxtest.Run(t)
+		nc := appendConn(t, s.URL())
+		logs := []*inbox.Log{ensure(t, nc, inbox.Config{})}
+		for i := range 20 {
+			mustAppend(t, logs[0], "alice", strconv.Itoa(i))
+		}
+		bc := appendConn(t, s.URL())
+		logs = append(logs, ensure(t, bc, inbox.Config{}))
+		old := logs[0].Epoch()
+		loseTail(t, s, nc, bc)
+		var wg sync.WaitGroup
+		for _, l := range logs {
+			wg.Go(func() {
+				if _, err := l.Refresh(ctx); err != nil {
+					t.Errorf("Refresh: %v", err)
+				}
+			})
+		}
+		wg.Wait()
+		ea, eb := refresh(t, logs[0]), refresh(t, logs[1])
+		recorded := logs[0].Stats().NewEpochs + logs[1].Stats().NewEpochs
+		if ea == old || eb != ea || recorded < 1 {
+			t.Fatalf("epochs %s and %s (was %s), %d recorded", ea, eb, old, recorded)
+		}
+		t.Logf("%d of 2 dispatchers recorded an epoch", recorded)
+	})
+}
+
+// TestEpochStaysWithoutLoss: refreshes, a server restart and a dispatcher
+// restart leave a stream that lost nothing in its epoch, which stays its
+// creation time.
+func TestEpochStaysWithoutLoss(t *testing.T) {
+	s := inboxtest.Run(t)
+	nc := appendConn(t, s.URL())
+	l := ensure(t, nc, inbox.Config{})
+	spy, written := updates(t, s.URL())
+	want := createdEpoch(streamInfo(t, nc))
+	for i := range 20 {
+		mustAppend(t, l, "alice", strconv.Itoa(i))
+		if e := refresh(t, l); e != want {
+			t.Fatalf("epoch %s after append %d, want %s", e, i, want)
+		}
+	}
+	s.Stop()
+	s.Start()
+	waitFor(t, 10*time.Second, "the connections to come back", func() bool {
+		return nc.Status() == nats.CONNECTED && spy.Status() == nats.CONNECTED
+	})
+	if e := refresh(t, l); e != want {
+		t.Fatalf("epoch %s after a server restart, want %s", e, want)
+	}
+	mustAppend(t, l, "alice", "after")
+	if e := ensure(t, appendConn(t, s.URL()), inbox.Config{}).Epoch(); e != want {
+		t.Fatalf("epoch %s for a starting dispatcher, want %s", e, want)
+	}
+	if e := refresh(t, l); e != want || l.Stats().NewEpochs != 0 {
+		t.Fatalf("epoch %s, %d recorded; want %s, none", e, l.Stats().NewEpochs, want)
+	}
+	if md := streamInfo(t, nc).Config.Metadata; md[inbox.EpochKey] != "" {
+		t.Fatalf("stream metadata %v: an epoch was recorded without a loss", md)
+	}
+	// Ensuring a stream exactly as it is writes nothing, so it cannot undo
+	// an epoch another dispatcher records at that moment.
+	if n := written(); n != 0 {
+		t.Fatalf("%d stream updates without a loss or a configuration change", n)
+	}
+}
+
+// TestLeftEpochNeverComesBack: after a recorded loss, the stream's
+// configuration is written back without the new epoch (a dispatcher's
+// Create racing the recording, an old version, a restored configuration).
+// The dispatcher does not go back to the old epoch, whose seqs were given
+// again: it records another.
+func TestLeftEpochNeverComesBack(t *testing.T) {
+	s := inboxtest.Run(t)
+	nc := appendConn(t, s.URL())
+	l := ensure(t, nc, inbox.Config{})
+	old := l.Epoch()
+	for i := range 20 {
+		mustAppend(t, l, "alice", strconv.Itoa(i))
+	}
+	loseTail(t, s, nc)
+	first := refresh(t, l)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := js.UpdateStream(ctx, inbox.Config{}.StreamConfig()); err != nil { // no metadata
+		t.Fatal(err)
+	}
+	if got := createdEpoch(streamInfo(t, nc)); got != old {
+		t.Fatalf("the written-back stream is in epoch %s, want the old %s", got, old)
+	}
+	second := refresh(t, l)
+	if second == old || second == first || l.Stats().NewEpochs != 2 {
+		t.Fatalf("epochs: %s, then %s, then %s (%d recorded); want never back to the first", old, first, second, l.Stats().NewEpochs)
+	}
+	if e := refresh(t, l); e != second {
+		t.Fatalf("epoch changed again to %s", e)
+	}
+}
