@@ -49,7 +49,7 @@ tidy: ## go mod tidy, failing if it changes go.mod or go.sum
 	git diff --exit-code -- go.mod go.sum deploy/consul/go.mod deploy/consul/go.sum
 
 FUZZ_TARGETS := ./ring:FuzzOwner ./gateway/wire:FuzzDecodeClientFrame ./gateway/wire:FuzzDecodeServerFrame \
-	./gateway/wire:FuzzDecodeDoorbell ./dispatcher:FuzzDecodeNotify
+	./gateway/wire:FuzzDecodeDoorbell ./dispatcher:FuzzDecodeNotify ./gateway:FuzzEndToEnd
 
 fuzz: ## run every fuzzer for a while each (FUZZTIME, default 30s)
 	@for t in $(FUZZ_TARGETS); do \
