@@ -246,8 +246,10 @@ func (e *fuzzEnv) get(t *testing.T) *fuzzEnv {
 		// A long append deadline: a loaded machine must not turn a valid
 		// input into a 503 the fuzzer would report.
 		c := newCluster(e.tb, inbox.Config{AppendTimeout: 15 * time.Second, MaxBytes: 256 << 20})
-		c.startGateway("gw-1")
-		c.startGateway("gw-2")
+		// Every input connects its user twice: no connect budget.
+		unlimited := func(cfg *gateway.Config) { cfg.ConnectsPerUser = 1e9 }
+		c.startGateway("gw-1", unlimited)
+		c.startGateway("gw-2", unlimited)
 		// No rate limit: the fuzzer is one caller posting as fast as it can.
 		d := c.startDispatcher(func(cfg *dispatcher.Config) { cfg.RateLimit = rate.Inf })
 		js, err := jetstream.New(c.nc)
