@@ -8,6 +8,8 @@ import (
 	"io"
 	"mime"
 	"net/http"
+	"reflect"
+	"strings"
 	"unicode/utf8"
 
 	"github.com/heraldpush/herald/gateway/wire"
@@ -162,6 +164,43 @@ func decodeStrict(b []byte, v any) *Error {
 	}
 	if _, err := d.Token(); err != io.EOF {
 		return errorf(CodeInvalidJSON, "bad JSON: data after the object")
+	}
+	return checkKeys(trimmed, v)
+}
+
+// checkKeys refuses an object whose keys are not spelled exactly as v's
+// fields, or that names one twice. encoding/json matches keys without
+// regard to case and lets the last of two win, so {"user":"alice",
+// "USER":"bob"} would notify bob while a proxy or log that reads the first
+// key sees alice.
+func checkKeys(b []byte, v any) *Error {
+	known := map[string]bool{}
+	t := reflect.TypeOf(v).Elem()
+	for i := range t.NumField() {
+		if name, _, _ := strings.Cut(t.Field(i).Tag.Get("json"), ","); name != "" {
+			known[name] = true
+		}
+	}
+	d := json.NewDecoder(bytes.NewReader(b))
+	d.Token() // {, checked by the decode before
+	seen := map[string]bool{}
+	for d.More() {
+		tok, err := d.Token()
+		if err != nil {
+			return errorf(CodeInvalidJSON, "bad JSON: %v", err)
+		}
+		key, _ := tok.(string)
+		switch {
+		case !known[key]:
+			return errorf(CodeInvalidJSON, "bad JSON: unknown field %q (field names are case-sensitive)", key)
+		case seen[key]:
+			return errorf(CodeInvalidJSON, "bad JSON: field %q appears twice", key)
+		}
+		seen[key] = true
+		var skip json.RawMessage
+		if err := d.Decode(&skip); err != nil {
+			return errorf(CodeInvalidJSON, "bad JSON: %v", err)
+		}
 	}
 	return nil
 }

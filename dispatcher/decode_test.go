@@ -85,3 +85,23 @@ func FuzzDecodeNotify(f *testing.F) {
 		}
 	})
 }
+
+// TestDecodeRefusesAmbiguousKeys: a key twice, or in another case, is
+// refused rather than resolved the way encoding/json would (last wins,
+// case folded), which is not how every other reader of the body sees it.
+func TestDecodeRefusesAmbiguousKeys(t *testing.T) {
+	for _, body := range []string{
+		`{"user":"alice","data":1,"user":"bob"}`,
+		`{"user":"alice","USER":"bob","data":1}`,
+		`{"User":"bob","data":1}`,
+		`{"user":"alice","data":1,"data":2}`,
+		`{"user":"alice","data":1,"id":"a","id":"b"}`,
+	} {
+		if n, err := decodeNotify([]byte(body), 1<<10); err == nil || err.Code != CodeInvalidJSON {
+			t.Errorf("decodeNotify(%s) = %+v, %v; want invalid_json", body, n, err)
+		}
+	}
+	if _, err := decodeNotify([]byte(`{"user":"alice","data":{"user":"x","user":"y"},"id":"a"}`), 1<<10); err != nil {
+		t.Errorf("keys inside data are the caller's business: %v", err)
+	}
+}
