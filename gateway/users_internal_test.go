@@ -14,6 +14,7 @@ import (
 	"github.com/coder/websocket"
 	"github.com/heraldpush/herald/gateway/inbox"
 	"github.com/heraldpush/herald/gateway/wire"
+	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
@@ -104,7 +105,7 @@ func (c *fakeConn) CloseNow() error { return nil }
 // changes epoch.
 type testUsers struct {
 	*users
-	log     *fakeLog
+	flog    *fakeLog
 	mu      sync.Mutex
 	current string // what confirm answers
 	changed int    // epochChanged calls
@@ -116,7 +117,7 @@ func newTestUsers(t *testing.T, cfg Config) *testUsers {
 	cfg.ID, cfg.PublicURL, cfg.Addr = "gw-1", "ws://127.0.0.1:1/ws", ":0"
 	cfg.NATS, cfg.Consul = nil, nil
 	cfg.fillLimits()
-	tu := &testUsers{log: &fakeLog{}, current: "e1"}
+	tu := &testUsers{flog: &fakeLog{}, current: "e1"}
 	m := newTestMetrics()
 	ts := &tasks{onPanic: func(where string, v any, _ []byte) {
 		tu.mu.Lock()
@@ -136,7 +137,7 @@ func newTestUsers(t *testing.T, cfg Config) *testUsers {
 		tu.changed++
 	}
 	u.respond = func(reply, status string) {}
-	u.src.Store(&logBox{tu.log})
+	u.src.Store(&logBox{tu.flog})
 	tu.users = u
 	t.Cleanup(func() { ts.close(); ts.wait(0) })
 	return tu
@@ -221,11 +222,11 @@ func TestTooManySocketsRefusedBeforeLogWork(t *testing.T) {
 	tu := newTestUsers(t, Config{MaxSocketsPerUser: 2})
 	tu.session(t, "alice", 0, "")
 	tu.session(t, "alice", 0, "")
-	reads := tu.log.reads
+	reads := tu.flog.reads
 	if _, err := tu.join(context.Background(), "alice"); !errors.Is(err, errTooManySockets) {
 		t.Fatalf("third socket: %v, want errTooManySockets", err)
 	}
-	if tu.log.reads != reads {
+	if tu.flog.reads != reads {
 		t.Fatalf("the refused join read the log")
 	}
 }
@@ -283,7 +284,7 @@ func TestUndeliverableMessageIsAGap(t *testing.T) {
 	}
 	// A device resuming from the log gets the same.
 	for _, seq := range []uint64{3, 5, 7} {
-		tu.log.append(seq, map[uint64]string{3: `1`, 5: `{`, 7: `2`}[seq])
+		tu.flog.append(seq, map[uint64]string{3: `1`, 5: `{`, 7: `2`}[seq])
 	}
 	s2, _ := tu.session(t, "alice", 0, "")
 	h.mu.Lock()
@@ -318,8 +319,8 @@ func TestPanickingMessageIsAGapOnce(t *testing.T) {
 		t.Fatalf("frames %s, want [gap(0,5) 6]", got)
 	}
 	// Read again from the log by a second device: not handled again.
-	tu.log.append(4, `"boom"`)
-	tu.log.append(6, `1`)
+	tu.flog.append(4, `"boom"`)
+	tu.flog.append(6, `1`)
 	s2, _ := tu.session(t, "alice", 0, "")
 	s.h.mu.Lock()
 	s.h.base, s.h.buf = 6, nil
@@ -340,7 +341,7 @@ func TestPanickingMessageIsAGapOnce(t *testing.T) {
 func TestVoidCursorHelloThenGap(t *testing.T) {
 	tu := newTestUsers(t, Config{})
 	for _, seq := range []uint64{10, 12, 14} {
-		tu.log.append(seq, `1`)
+		tu.flog.append(seq, `1`)
 	}
 	s, st := tu.session(t, "alice", 40, "old-epoch")
 	if st.helloEpoch != "old-epoch" || st.helloCursor != 40 {
@@ -350,12 +351,12 @@ func TestVoidCursorHelloThenGap(t *testing.T) {
 	if err != nil || g.Type != wire.TypeGap || g.Epoch != "e1" || g.After != 40 || g.Next != 10 {
 		t.Fatalf("gap %s (%v), want after 40 next 10 in e1", st.gap, err)
 	}
-	tu.log.evict(10) // gone before the session's first read
+	tu.flog.evict(10) // gone before the session's first read
 	if got := describe(frames(t, s)); got != "[gap(9,12) 12 14]" {
 		t.Fatalf("frames %s, want [gap(9,12) 12 14]", got)
 	}
 	// Without the eviction, no second gap.
-	tu.log.append(16, `1`)
+	tu.flog.append(16, `1`)
 	s2, _ := tu.session(t, "alice", 99, "old-epoch")
 	s2.h.mu.Lock()
 	s2.h.base, s2.h.buf = 16, nil
@@ -371,9 +372,9 @@ func TestVoidCursorHelloThenGap(t *testing.T) {
 func TestNoGapWhereNoSeqLies(t *testing.T) {
 	tu := newTestUsers(t, Config{})
 	for _, seq := range []uint64{5, 9, 11} {
-		tu.log.append(seq, `1`)
+		tu.flog.append(seq, `1`)
 	}
-	tu.log.evict(5)
+	tu.flog.evict(5)
 	s, _ := tu.session(t, "alice", 8, "e1") // from gap{next: 9}
 	s.h.mu.Lock()
 	s.h.base = 11
@@ -391,13 +392,13 @@ func TestOldEpochHubReadsNothingNew(t *testing.T) {
 	tu := newTestUsers(t, Config{})
 	s, _ := tu.session(t, "alice", 0, "")
 	h := s.h
-	tu.log.append(1, `"new stream"`)
+	tu.flog.append(1, `"new stream"`)
 	d := doorbell(1, 0, `"new stream"`)
 	d.Epoch = "e2"
-	reads := tu.log.reads
+	reads := tu.flog.reads
 	h.doorbell(d, "")
-	if tu.log.reads != reads || tu.changed == 0 {
-		t.Fatalf("a doorbell of another epoch: %d reads, %d epoch checks; want none and one", tu.log.reads-reads, tu.changed)
+	if tu.flog.reads != reads || tu.changed == 0 {
+		t.Fatalf("a doorbell of another epoch: %d reads, %d epoch checks; want none and one", tu.flog.reads-reads, tu.changed)
 	}
 	tu.mu.Lock()
 	tu.current = "e2" // the stream was recreated
@@ -406,7 +407,7 @@ func TestOldEpochHubReadsNothingNew(t *testing.T) {
 	waitUntil(t, func() bool {
 		h.mu.Lock()
 		defer h.mu.Unlock()
-		return !h.repairing && tu.log.reads > reads
+		return !h.repairing && tu.flog.reads > reads
 	})
 	h.mu.Lock()
 	head, n := h.head, len(h.buf)
@@ -432,4 +433,38 @@ func newTestMetrics() *metrics { return newMetrics(prometheus.NewRegistry()) }
 func counter(t *testing.T, c prometheus.Counter) float64 {
 	t.Helper()
 	return testutil.ToFloat64(c)
+}
+
+// TestHubPanicCostsOnlyItsUser: a panic while a doorbell is handled in a
+// hub is recovered; that user's hub leaves the registry and its sockets are
+// closed (they resume from their cursors); another user's are untouched.
+func TestHubPanicCostsOnlyItsUser(t *testing.T) {
+	tu := newTestUsers(t, Config{})
+	g := &Gateway{users: tu.users, m: tu.m, tasks: tu.tasks, log: tu.users.log}
+	alice, _ := tu.session(t, "alice", 0, "")
+	bob, _ := tu.session(t, "bob", 0, "")
+	tu.epochChanged = func() { panic("a bug") } // called with alice's hub locked
+	d := doorbell(1, 0, `1`)
+	d.Epoch = "e2"
+	g.onDoorbell(&nats.Msg{Subject: wire.GatewaySubject("gw-1"), Header: d.Header(), Data: d.Body()})
+	// The hub's lock was released: a new socket of alice's builds a new hub.
+	tu.epochChanged = func() {}
+	if _, err := tu.join(context.Background(), "alice"); err != nil {
+		t.Fatal(err)
+	}
+	if h := tu.hub("alice"); h == alice.h {
+		t.Fatal("alice's old hub is still registered after its panic")
+	}
+	waitUntil(t, func() bool {
+		c := alice.c.(*fakeConn)
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		return c.closed == websocket.StatusCode(closeInternal.Code)
+	})
+	if bob.c.(*fakeConn).closed != 0 || tu.hub("bob") == nil {
+		t.Fatal("bob paid for alice's panic")
+	}
+	if len(tu.panics) != 1 || tu.panics[0] != "hub" {
+		t.Fatalf("panics %v, want one in hub", tu.panics)
+	}
 }
