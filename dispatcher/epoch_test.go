@@ -2,10 +2,6 @@ package dispatcher
 
 import (
 	"fmt"
-	"os"
-	"path/filepath"
-	"slices"
-	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -35,38 +31,11 @@ func (e *env) streamInfo() *jetstream.StreamInfo {
 	return info
 }
 
-// loseTail makes the stream lose acknowledged messages, as a single
-// replica does whose last writes never reached the disk: it stops the NATS
-// server, cuts the last message block in half, removes the stream state
-// file the server would otherwise trust, and starts the server again.
+// loseTail makes the stream lose acknowledged messages (inboxtest's
+// LoseTail).
 func (e *env) loseTail() {
 	e.t.Helper()
-	before := e.streamInfo().State.LastSeq
-	dir := filepath.Join(e.nats.StoreDir(), "$G", "streams", "HERALD_INBOX", "msgs")
-	e.nats.Stop()
-	blocks, err := filepath.Glob(filepath.Join(dir, "*.blk"))
-	if err != nil || len(blocks) == 0 {
-		e.t.Fatalf("no message blocks in %s: %v", dir, err)
-	}
-	index := func(p string) int {
-		n, _ := strconv.Atoi(strings.TrimSuffix(filepath.Base(p), ".blk"))
-		return n
-	}
-	last := slices.MaxFunc(blocks, func(a, b string) int { return index(a) - index(b) })
-	fi, err := os.Stat(last)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	if err := os.Truncate(last, fi.Size()/2); err != nil {
-		e.t.Fatal(err)
-	}
-	if err := os.Remove(filepath.Join(dir, "index.db")); err != nil && !os.IsNotExist(err) {
-		e.t.Fatal(err)
-	}
-	e.nats.Start()
-	if after := e.streamInfo().State.LastSeq; after >= before {
-		e.t.Fatalf("the stream's last seq is %d after cutting its tail, was %d", after, before)
-	}
+	e.nats.LoseTail("HERALD_INBOX")
 }
 
 // refreshes counts the stream info requests anyone sends from now on: a

@@ -1,9 +1,6 @@
 package inbox_test
 
 import (
-	"os"
-	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -36,50 +33,15 @@ func streamInfo(tb testing.TB, nc *nats.Conn) *jetstream.StreamInfo {
 	return info
 }
 
-// loseTail makes the stream lose acknowledged messages, as a single
-// replica does whose last writes never reached the disk: it stops the
-// server, cuts the last message block in half and removes the stream state
-// file the server would otherwise trust, and starts the server again. It
-// returns the stream's last seq before and after; after is lower. It waits
-// for nc and the others to be connected again.
+// loseTail makes the stream lose acknowledged messages (inboxtest's
+// LoseTail) and waits for nc and the others to be connected again.
 func loseTail(tb testing.TB, s *inboxtest.Server, nc *nats.Conn, others ...*nats.Conn) (before, after uint64) {
 	tb.Helper()
-	before = streamInfo(tb, nc).State.LastSeq
-	dir := filepath.Join(s.StoreDir(), "$G", "streams", "HERALD_INBOX", "msgs")
-	s.Stop()
-	blocks, err := filepath.Glob(filepath.Join(dir, "*.blk"))
-	if err != nil || len(blocks) == 0 {
-		tb.Fatalf("no message blocks in %s: %v", dir, err)
-	}
-	slices.SortFunc(blocks, func(a, b string) int { return blockIndex(tb, a) - blockIndex(tb, b) })
-	last := blocks[len(blocks)-1]
-	fi, err := os.Stat(last)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	if err := os.Truncate(last, fi.Size()/2); err != nil {
-		tb.Fatal(err)
-	}
-	if err := os.Remove(filepath.Join(dir, "index.db")); err != nil && !os.IsNotExist(err) {
-		tb.Fatal(err)
-	}
-	s.Start()
+	before, after = s.LoseTail("HERALD_INBOX")
 	for _, c := range append(others, nc) {
 		waitFor(tb, 10*time.Second, "the connections to come back", func() bool { return c.Status() == nats.CONNECTED })
 	}
-	after = streamInfo(tb, nc).State.LastSeq
-	if after >= before {
-		tb.Fatalf("the stream's last seq is %d after cutting its tail, was %d", after, before)
-	}
 	return before, after
-}
-
-func blockIndex(tb testing.TB, path string) int {
-	n, err := strconv.Atoi(strings.TrimSuffix(filepath.Base(path), ".blk"))
-	if err != nil {
-		tb.Fatalf("block file %s: %v", path, err)
-	}
-	return n
 }
 
 // createdEpoch is the epoch of a stream without a recorded one: its
