@@ -3,8 +3,10 @@ package consul
 import (
 	"context"
 	"errors"
+	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -426,4 +428,99 @@ func TestNewWatcherRejectsBadConfig(t *testing.T) {
 			t.Errorf("%s: NewWatcher accepted it", name)
 		}
 	}
+}
+
+// checked registers gateway id with a 30 s TTL (its next heartbeat tick is
+// 10 s away) and the given health function.
+func checked(tb testing.TB, c *api.Client, id string, health func() error) *Registration {
+	tb.Helper()
+	r, err := Register(context.Background(), RegisterConfig{
+		Client: c, ID: id, URL: "ws://127.0.0.1:7000/" + id, TTL: 30 * time.Second, Health: health,
+		Probe: func(context.Context, string) Liveness { return Liveness{State: Dead} }, Logger: testLogger(tb),
+	})
+	if err != nil {
+		tb.Fatalf("Register %s: %v", id, err)
+	}
+	tb.Cleanup(func() { r.Close() })
+	return r
+}
+
+// TestRegistrationCheckIsPrompt: Check heartbeats at once, so a gateway
+// whose health fails is critical in Consul long before the next TTL/3
+// tick, and passing again as soon as it heals.
+func TestRegistrationCheckIsPrompt(t *testing.T) {
+	t.Parallel()
+	_, c := startAgent(t)
+	var sick atomic.Bool
+	r := checked(t, c, "gw-a", func() error {
+		if sick.Load() {
+			return errors.New("test: NATS disconnected")
+		}
+		return nil
+	})
+	waitFor(t, 3*time.Second, "gw-a passing", func() bool { return slices.Equal(passing(t, c), []string{"gw-a"}) })
+
+	start := time.Now()
+	sick.Store(true)
+	r.Check()
+	criticalAt(t, c, "gw-a", 5*time.Second)
+	t.Logf("critical in Consul %v after Check (TTL 30s)", time.Since(start).Round(time.Millisecond))
+
+	start = time.Now()
+	sick.Store(false)
+	r.Check()
+	waitFor(t, 5*time.Second, "gw-a passing again", func() bool { return slices.Equal(passing(t, c), []string{"gw-a"}) })
+	t.Logf("passing again %v after Check", time.Since(start).Round(time.Millisecond))
+}
+
+// TestRegistrationCheckCoalesces: Check never blocks, and any number of
+// calls while a beat runs make exactly one more beat.
+func TestRegistrationCheckCoalesces(t *testing.T) {
+	t.Parallel()
+	_, c := startAgent(t)
+	var (
+		beats    atomic.Int32
+		blocking atomic.Bool
+		entered  = make(chan struct{}, 1)
+		gate     = make(chan struct{})
+	)
+	r := checked(t, c, "gw-a", func() error {
+		beats.Add(1)
+		if blocking.Load() {
+			entered <- struct{}{}
+			<-gate
+		}
+		return nil
+	})
+	base := beats.Load() // Register asked once
+	blocking.Store(true)
+	r.Check()
+	select {
+	case <-entered:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Check did not start a beat")
+	}
+	var returned atomic.Bool
+	go func() {
+		for range 10 {
+			r.Check()
+		}
+		returned.Store(true)
+	}()
+	waitFor(t, time.Second, "ten Checks during a beat to return", returned.Load)
+	blocking.Store(false)
+	close(gate)
+	waitFor(t, 5*time.Second, "the coalesced beat", func() bool { return beats.Load() >= base+2 })
+	// Absence can only be seen over a window; the next tick is 10 s away.
+	time.Sleep(300 * time.Millisecond)
+	if got := beats.Load() - base; got != 2 {
+		t.Fatalf("%d beats for one Check plus ten during it; want 2", got)
+	}
+
+	if err := r.Close(); err != nil {
+		t.Fatal(err)
+	}
+	returned.Store(false)
+	go func() { r.Check(); r.Check(); returned.Store(true) }()
+	waitFor(t, time.Second, "Check after Close to return", returned.Load)
 }

@@ -184,3 +184,13 @@ func startAgent(tb testing.TB) (*consultest.Agent, *api.Client) {
 	a := consultest.Start(tb)
 	return a, a.Client()
 }
+
+// criticalAt waits until Consul no longer lists id as passing and returns
+// when it saw that.
+func criticalAt(tb testing.TB, c *api.Client, id string, timeout time.Duration) time.Time {
+	tb.Helper()
+	waitFor(tb, timeout, "Consul to stop listing "+id+" as passing", func() bool {
+		return !slices.Contains(passing(tb, c), id)
+	})
+	return time.Now()
+}

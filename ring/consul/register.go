@@ -63,6 +63,7 @@ type Registration struct {
 	log    *slog.Logger
 	stop   chan struct{}
 	done   chan struct{}
+	kick   chan struct{} // one slot: a Check waiting for the heartbeat loop
 	closed sync.Once
 
 	downSince    atomic.Int64 // unix nanos of the first failed contact in a row; 0 when reachable
@@ -82,6 +83,7 @@ func Register(ctx context.Context, cfg RegisterConfig) (*Registration, error) {
 		log:  cfg.Logger.With("gateway", cfg.ID),
 		stop: make(chan struct{}),
 		done: make(chan struct{}),
+		kick: make(chan struct{}, 1),
 	}
 	if err := r.claim(ctx); err != nil {
 		return nil, err
@@ -164,14 +166,27 @@ func (r *Registration) claim(ctx context.Context) error {
 func (r *Registration) Instance() string { return r.cfg.Instance }
 
 // Unreachable reports how long the agent has been unreachable without a
-// break, or zero when the last attempt reached it. A gateway fences itself
-// when this exceeds the hold period: by then the others have dropped it.
+// break, or zero when the last attempt reached it. It is for operators
+// (readiness, metrics): an unreachable agent alone drops nobody from the
+// others' rings, so it is no reason to fence.
 func (r *Registration) Unreachable() time.Duration {
 	since := r.downSince.Load()
 	if since == 0 {
 		return 0
 	}
 	return time.Since(time.Unix(0, since))
+}
+
+// Check runs a heartbeat now, with the gateway's current health, instead of
+// at the next TTL/3 tick: the gateway calls it when its NATS connection
+// drops or returns, so that watchers see it critical (or passing again) at
+// once rather than up to TTL/3 later. It never blocks. Calls made while a
+// beat runs are coalesced into one more beat; after Close it does nothing.
+func (r *Registration) Check() {
+	select {
+	case r.kick <- struct{}{}:
+	default: // a beat is already due
+	}
 }
 
 // Reregistered returns how many times the agent had forgotten the service and
@@ -249,6 +264,9 @@ func (r *Registration) heartbeat() {
 			return
 		case <-t.C:
 			r.beat()
+		case <-r.kick:
+			r.beat()
+			t.Reset(r.cfg.TTL / 3)
 		}
 	}
 }
