@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -404,6 +405,9 @@ func TestRegistrationCheckCoalesces(t *testing.T) {
 		}
 		return nil
 	})
+	var release sync.Once
+	open := func() { release.Do(func() { blocking.Store(false); close(gate) }) }
+	t.Cleanup(open)      // before Close, which waits for the beat
 	base := beats.Load() // Register asked once
 	blocking.Store(true)
 	r.Check()
@@ -420,8 +424,7 @@ func TestRegistrationCheckCoalesces(t *testing.T) {
 		returned.Store(true)
 	}()
 	waitFor(t, time.Second, "ten Checks during a beat to return", returned.Load)
-	blocking.Store(false)
-	close(gate)
+	open()
 	waitFor(t, 5*time.Second, "the coalesced beat", func() bool { return beats.Load() >= base+2 })
 	// Absence can only be seen over a window; the next tick is 10 s away.
 	time.Sleep(300 * time.Millisecond)

@@ -265,6 +265,55 @@ func TestFailingMemberLeavesAfterHold(t *testing.T) {
 	}
 }
 
+// TestFailingTimeResets: a failing member's counted time starts again from
+// zero once it answers healthy or passes: two short failures do not add up
+// to one hold.
+func TestFailingTimeResets(t *testing.T) {
+	unhealthy := Liveness{State: Alive, Instance: "inst-gw-b", Reason: "JetStream not answering"}
+	for _, tc := range []struct {
+		name    string
+		between func(*testGateway)
+		reset   func(Status) bool
+	}{
+		{"answers healthy between", func(*testGateway) {}, func(s Status) bool {
+			return len(s.HeldMembers) == 1 && s.HeldMembers[0].Verdict == "healthy" && s.HeldMembers[0].Failing == 0
+		}},
+		{"passes between", (*testGateway).heal, func(s Status) bool {
+			return len(s.Held) == 0 && slices.Contains(s.Passing, "gw-b")
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			_, c := startAgent(t)
+			probe := newTestProbe()
+			gateway(t, c, probe, "gw-a", 1)
+			b := gateway(t, c, probe, "gw-b", 1)
+			gateway(t, c, probe, "gw-c", 1)
+			const hold = 2 * time.Second
+			w := ruleWatch(t, WatchConfig{Client: c, Probe: probe.probe, Hold: hold})
+			all := []string{"gw-a", "gw-b", "gw-c"}
+			waitFor(t, 5*time.Second, "a ring of three", hasMembers(w, all...))
+
+			probe.set("gw-b", unhealthy)
+			b.fail()
+			waitFor(t, 5*time.Second, "most of the hold counted", func() bool {
+				s := w.Status()
+				return len(s.HeldMembers) == 1 && s.HeldMembers[0].Failing >= hold/2
+			})
+			probe.set("gw-b", healthyAs("inst-gw-b"))
+			tc.between(b)
+			waitFor(t, 5*time.Second, "the counted time to reset", func() bool { return tc.reset(w.Status()) })
+
+			again := time.Now()
+			probe.set("gw-b", unhealthy)
+			b.fail()
+			stays(t, w, elapsed(again, hold-100*time.Millisecond), 2*hold, all...)
+			waitFor(t, 5*time.Second, "gw-b to leave a hold after it failed again", hasMembers(w, "gw-a", "gw-c"))
+			t.Logf("left %v after failing again (hold %v)", time.Since(again).Round(time.Millisecond), hold)
+		})
+	}
+}
+
 // TestSharedFailureKeepsEveryone: while most members fail together (NATS or
 // JetStream down for everyone, say), failing time does not count and no one
 // leaves, however long it lasts. Once most of the others are fine again, the
