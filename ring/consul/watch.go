@@ -68,9 +68,10 @@ type Status struct {
 	// Err is the last query error while degraded.
 	Err error
 	// Passing lists the gateways passing in Consul in the last snapshot,
-	// sorted; every one of them is in the ring. A gateway fences itself
-	// only while more than half of the other members are in this list (and
-	// the watcher is not Degraded).
+	// sorted; every one of them is in the ring. It is for self-fencing
+	// (DESIGN.md): a gateway cut off from NATS fences itself only while
+	// more than half of the other members are in this list and the watcher
+	// is not Degraded.
 	Passing []string
 	// Held lists the members kept in the ring while not passing, sorted:
 	// those that answer healthy, cannot be probed, or are failing but have
