@@ -3,8 +3,11 @@ package consul
 import (
 	"context"
 	"errors"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -26,116 +29,16 @@ func TestWatchSeesRegisteredMembers(t *testing.T) {
 	if got, want := r.Fingerprint(), expectedFingerprint(t, map[string]int{"gw-a": 1, "gw-b": 1, "gw-c": 1}); got != want {
 		t.Fatalf("fingerprint %s, want %s", got, want)
 	}
-	if s := w.Status(); s.Degraded || s.Changes != 1 || len(s.Held) != 0 {
-		t.Fatalf("status %+v, want healthy with exactly one ring published", s)
+	if s := w.Status(); s.Degraded || s.Changes != 1 || len(s.Held) != 0 || !slices.Equal(s.Passing, []string{"gw-a", "gw-b", "gw-c"}) {
+		t.Fatalf("status %+v, want healthy with exactly one ring published and all three passing", s)
 	}
-}
-
-func TestDeadMembersLeave(t *testing.T) {
-	t.Parallel()
-	_, c := startAgent(t)
-	probe := newTestProbe()
-	gateway(t, c, probe, "gw-a", 1)
-	crashed := gateway(t, c, probe, "gw-b", 1)
-	leaving := gateway(t, c, probe, "gw-c", 1)
-	w := watch(t, WatchConfig{Client: c, Probe: probe.probe})
-	waitFor(t, 2*time.Second, "a ring of three", hasMembers(w, "gw-a", "gw-b", "gw-c"))
-
-	// Killed: the heartbeat stops, Consul marks it critical after the TTL,
-	// and the probe finds nobody.
-	crashed.crash()
-	probe.set("gw-b", Liveness{State: Dead})
-	start := time.Now()
-	waitFor(t, testTTL+2*time.Second, "the crashed member to leave", hasMembers(w, "gw-a", "gw-c"))
-	t.Logf("crashed member left after %v (TTL %v)", time.Since(start).Round(time.Millisecond), testTTL)
-
-	// Deregistered and dead: leaves at once.
-	if err := leaving.Close(); err != nil {
-		t.Fatal(err)
-	}
-	probe.set("gw-c", Liveness{State: Dead})
-	start = time.Now()
-	waitFor(t, time.Second, "the deregistered member to leave", hasMembers(w, "gw-a"))
-	t.Logf("deregistered member left after %v", time.Since(start).Round(time.Millisecond))
-}
-
-// TestHoldKeepsFailingLiveMembers checks the liveness rule: members that stop
-// passing but still answer (or whose probe cannot tell) stay for the hold
-// period, then go.
-func TestHoldKeepsFailingLiveMembers(t *testing.T) {
-	for _, tc := range []struct {
-		name  string
-		probe Liveness
-	}{
-		{"probe says alive", Liveness{State: Alive, Instance: "someone"}},
-		{"probe fails", Liveness{State: Unknown}},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			t.Parallel()
-			_, c := startAgent(t)
-			probe := newTestProbe()
-			gateway(t, c, probe, "gw-a", 1)
-			b := gateway(t, c, probe, "gw-b", 1)
-			cc := gateway(t, c, probe, "gw-c", 1)
-			const hold = 4 * time.Second
-			w := watch(t, WatchConfig{Client: c, Probe: probe.probe, Hold: hold, ProbeInterval: 200 * time.Millisecond})
-			waitFor(t, 2*time.Second, "a ring of three", hasMembers(w, "gw-a", "gw-b", "gw-c"))
-
-			b.crash()
-			cc.crash()
-			probe.set("gw-b", tc.probe)
-			probe.set("gw-c", tc.probe)
-			// Their TTLs expire up to a heartbeat apart: the hold runs from
-			// when each went critical, so time it from the first.
-			waitFor(t, testTTL+2*time.Second, "Consul to mark a member critical", func() bool {
-				return strings.Join(passing(t, c), ",") != "gw-a,gw-b,gw-c"
-			})
-			critical := time.Now()
-			waitFor(t, testTTL, "Consul to mark both critical", func() bool {
-				return strings.Join(passing(t, c), ",") == "gw-a"
-			})
-			// Until the hold period has passed they stay, and are reported held.
-			for time.Since(critical) < hold-300*time.Millisecond {
-				if got := ids(w); strings.Join(got, ",") != "gw-a,gw-b,gw-c" {
-					t.Fatalf("%v after Consul marked them critical the ring is %v; want all three held for %v",
-						time.Since(critical).Round(time.Millisecond), got, hold)
-				}
-				time.Sleep(20 * time.Millisecond)
-			}
-			if held := w.Status().Held; strings.Join(held, ",") != "gw-b,gw-c" {
-				t.Fatalf("Status().Held = %v, want [gw-b gw-c]", held)
-			}
-			if probe.callCount("gw-b") < 2 {
-				t.Fatalf("held member probed %d times; it must be probed again while held", probe.callCount("gw-b"))
-			}
-			waitFor(t, 2*time.Second, "held members to leave after the hold period", hasMembers(w, "gw-a"))
-			t.Logf("held members left %v after Consul marked them critical (hold %v)", time.Since(critical).Round(time.Millisecond), hold)
-			if held := w.Status().Held; len(held) != 0 {
-				t.Fatalf("Status().Held = %v after they left", held)
-			}
-		})
-	}
-}
-
-func TestHeldMemberThatDiesLeaves(t *testing.T) {
-	t.Parallel()
-	_, c := startAgent(t)
-	probe := newTestProbe()
-	gateway(t, c, probe, "gw-a", 1)
-	b := gateway(t, c, probe, "gw-b", 1)
-	w := watch(t, WatchConfig{Client: c, Probe: probe.probe, Hold: time.Minute, ProbeInterval: 100 * time.Millisecond})
-	waitFor(t, 2*time.Second, "a ring of two", hasMembers(w, "gw-a", "gw-b"))
-	b.crash() // probe still says alive: held
-	waitFor(t, testTTL+2*time.Second, "gw-b to be held", func() bool { return len(w.Status().Held) == 1 })
-	probe.set("gw-b", Liveness{State: Dead})
-	waitFor(t, time.Second, "the held member to leave once its probe says dead", hasMembers(w, "gw-a"))
 }
 
 func TestConsulRestartKeepsRing(t *testing.T) {
 	t.Parallel()
 	agent, c := startAgent(t)
 	probe := newTestProbe()
-	regs := []*Registration{
+	regs := []*testGateway{
 		gateway(t, c, probe, "gw-a", 1),
 		gateway(t, c, probe, "gw-b", 2),
 		gateway(t, c, probe, "gw-c", 1),
@@ -145,7 +48,8 @@ func TestConsulRestartKeepsRing(t *testing.T) {
 	before, _ := w.Ring()
 	changes := w.Status().Changes
 
-	agent.Restart() // a dev agent forgets every registration
+	restarted := time.Now() // any contact after this is with the new agent
+	agent.Restart()         // a dev agent forgets every registration
 	waitFor(t, 2*testTTL, "members to register again by themselves", func() bool {
 		return strings.Join(passing(t, c), ",") == "gw-a,gw-b,gw-c"
 	})
@@ -154,10 +58,13 @@ func TestConsulRestartKeepsRing(t *testing.T) {
 			t.Errorf("%s: Reregistered() = 0", r.cfg.ID)
 		}
 	}
-	// Give the watcher time to see the empty agent and the re-registrations.
+	// Give the watcher time to see the new agent (empty, perhaps) and the
+	// re-registrations. Meanwhile the members, absent from the catalog,
+	// answered healthy.
 	waitFor(t, 5*time.Second, "the watcher to reach the new agent", func() bool {
 		s := w.Status()
-		return !s.Degraded && len(s.Held) == 0 && time.Since(s.LastContact) < time.Second
+		return !s.Degraded && s.LastContact.After(restarted) && len(s.Held) == 0 &&
+			slices.Equal(s.Passing, []string{"gw-a", "gw-b", "gw-c"})
 	})
 	after, _ := w.Ring()
 	if got := w.Status().Changes; got != changes || after.Fingerprint() != before.Fingerprint() {
@@ -233,7 +140,7 @@ func TestWatchersAgree(t *testing.T) {
 		})
 	}
 	agree("empty")
-	regs := map[string]*Registration{}
+	regs := map[string]*testGateway{}
 	for _, id := range []string{"gw-1", "gw-2", "gw-3"} {
 		regs[id] = gateway(t, c, probe, id, 1)
 		want[id] = 1
@@ -387,20 +294,24 @@ func TestWatchSkipsBadRegistrations(t *testing.T) {
 	waitFor(t, 2*time.Second, "a later member", hasMembers(w, "gw-good", "gw-later"))
 }
 
-// TestWatchResolvesDuplicateIDs registers one ID on two catalog nodes: the
-// instance on the lowest node name wins, whatever order Consul lists them in.
+// TestWatchResolvesDuplicateIDs registers one ID on four catalog nodes: a
+// passing instance wins over a critical one, then the lowest node name,
+// whatever order Consul lists them in.
 func TestWatchResolvesDuplicateIDs(t *testing.T) {
 	t.Parallel()
 	_, c := startAgent(t)
 	probe := newTestProbe()
 	probe.set("gw-dup", Liveness{State: Alive})
-	for _, node := range []string{"node-b", "node-a", "node-c"} {
-		_, err := c.Catalog().Register(&api.CatalogRegistration{
+	for _, node := range []string{"node-b", "node-a", "node-0", "node-c"} {
+		reg := &api.CatalogRegistration{
 			Node: node, Address: "127.0.0.1",
 			Service: &api.AgentService{ID: "gw-dup", Service: Service, Port: 7000,
 				Meta: map[string]string{MetaURL: "ws://" + node + "/ws", MetaWeight: "1"}},
-		}, nil)
-		if err != nil {
+		}
+		if node == "node-0" { // the lowest node name, but not passing: a passing instance wins
+			reg.Check = &api.AgentCheck{Node: node, CheckID: "gw-dup", Name: "test", Status: api.HealthCritical, ServiceID: "gw-dup"}
+		}
+		if _, err := c.Catalog().Register(reg, nil); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -410,8 +321,8 @@ func TestWatchResolvesDuplicateIDs(t *testing.T) {
 	if m, _ := r.Member("gw-dup"); m.URL != "ws://node-a/ws" {
 		t.Fatalf("kept %s, want the instance on node-a", m.URL)
 	}
-	if s := w.Status(); s.Duplicates != 2 {
-		t.Fatalf("Status().Duplicates = %d, want 2", s.Duplicates)
+	if s := w.Status(); s.Duplicates != 3 || !slices.Equal(s.Passing, []string{"gw-dup"}) {
+		t.Fatalf("Status().Duplicates = %d, Passing %v; want 3, [gw-dup]", s.Duplicates, s.Passing)
 	}
 }
 
@@ -426,4 +337,105 @@ func TestNewWatcherRejectsBadConfig(t *testing.T) {
 			t.Errorf("%s: NewWatcher accepted it", name)
 		}
 	}
+}
+
+// checked registers gateway id with a 30 s TTL (its next heartbeat tick is
+// 10 s away) and the given health function.
+func checked(tb testing.TB, c *api.Client, id string, health func() error) *Registration {
+	tb.Helper()
+	r, err := Register(context.Background(), RegisterConfig{
+		Client: c, ID: id, URL: "ws://127.0.0.1:7000/" + id, TTL: 30 * time.Second, Health: health,
+		Probe: func(context.Context, string) Liveness { return Liveness{State: Dead} }, Logger: testLogger(tb),
+	})
+	if err != nil {
+		tb.Fatalf("Register %s: %v", id, err)
+	}
+	tb.Cleanup(func() { r.Close() })
+	return r
+}
+
+// TestRegistrationCheckIsPrompt: Check heartbeats at once, so a gateway
+// whose health fails is critical in Consul (and out of every watcher's
+// passing list) long before the next TTL/3 tick, and passing again as soon
+// as it heals.
+func TestRegistrationCheckIsPrompt(t *testing.T) {
+	t.Parallel()
+	_, c := startAgent(t)
+	var sick atomic.Bool
+	r := checked(t, c, "gw-a", func() error {
+		if sick.Load() {
+			return errors.New("test: NATS disconnected")
+		}
+		return nil
+	})
+	w := watch(t, WatchConfig{Client: c, Probe: newTestProbe().probe})
+	waitFor(t, 3*time.Second, "gw-a passing", func() bool { return slices.Equal(w.Status().Passing, []string{"gw-a"}) })
+
+	start := time.Now()
+	sick.Store(true)
+	r.Check()
+	criticalAt(t, c, "gw-a", 5*time.Second)
+	t.Logf("critical in Consul %v after Check (TTL 30s)", time.Since(start).Round(time.Millisecond))
+	waitFor(t, 5*time.Second, "the watcher to see it not passing", func() bool { return len(w.Status().Passing) == 0 })
+	t.Logf("out of the watcher's passing list %v after Check", time.Since(start).Round(time.Millisecond))
+
+	start = time.Now()
+	sick.Store(false)
+	r.Check()
+	waitFor(t, 5*time.Second, "gw-a passing again", func() bool { return slices.Equal(passing(t, c), []string{"gw-a"}) })
+	t.Logf("passing again %v after Check", time.Since(start).Round(time.Millisecond))
+}
+
+// TestRegistrationCheckCoalesces: Check never blocks, and any number of
+// calls while a beat runs make exactly one more beat.
+func TestRegistrationCheckCoalesces(t *testing.T) {
+	t.Parallel()
+	_, c := startAgent(t)
+	var (
+		beats    atomic.Int32
+		blocking atomic.Bool
+		entered  = make(chan struct{}, 1)
+		gate     = make(chan struct{})
+	)
+	r := checked(t, c, "gw-a", func() error {
+		beats.Add(1)
+		if blocking.Load() {
+			entered <- struct{}{}
+			<-gate
+		}
+		return nil
+	})
+	var release sync.Once
+	open := func() { release.Do(func() { blocking.Store(false); close(gate) }) }
+	t.Cleanup(open)      // before Close, which waits for the beat
+	base := beats.Load() // Register asked once
+	blocking.Store(true)
+	r.Check()
+	select {
+	case <-entered:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Check did not start a beat")
+	}
+	var returned atomic.Bool
+	go func() {
+		for range 10 {
+			r.Check()
+		}
+		returned.Store(true)
+	}()
+	waitFor(t, time.Second, "ten Checks during a beat to return", returned.Load)
+	open()
+	waitFor(t, 5*time.Second, "the coalesced beat", func() bool { return beats.Load() >= base+2 })
+	// Absence can only be seen over a window; the next tick is 10 s away.
+	time.Sleep(300 * time.Millisecond)
+	if got := beats.Load() - base; got != 2 {
+		t.Fatalf("%d beats for one Check plus ten during it; want 2", got)
+	}
+
+	if err := r.Close(); err != nil {
+		t.Fatal(err)
+	}
+	returned.Store(false)
+	go func() { r.Check(); r.Check(); returned.Store(true) }()
+	waitFor(t, time.Second, "Check after Close to return", returned.Load)
 }

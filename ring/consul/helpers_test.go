@@ -2,11 +2,13 @@ package consul
 
 import (
 	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"os"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -33,38 +35,73 @@ func (r *Registration) crash() {
 	})
 }
 
-// testProbe answers from a table; IDs not in it are dead.
+// testProbe answers from a table; IDs not in it are dead. It records every
+// call, so a test can tell when the watcher asked and what it heard.
 type testProbe struct {
-	mu    sync.Mutex
-	state map[string]Liveness
-	calls map[string]int
+	mu     sync.Mutex
+	script map[string][]Liveness // answers given in turn, cycling
+	hang   map[string]bool       // wait for the deadline, then answer Silent
+	calls  map[string][]probeCall
+}
+
+// probeCall is one call of a testProbe.
+type probeCall struct {
+	at     time.Time
+	answer Liveness
 }
 
 func newTestProbe() *testProbe {
-	return &testProbe{state: map[string]Liveness{}, calls: map[string]int{}}
+	return &testProbe{script: map[string][]Liveness{}, hang: map[string]bool{}, calls: map[string][]probeCall{}}
 }
 
-func (p *testProbe) set(id string, l Liveness) {
+// set makes the probe answer for id with answers in turn, cycling.
+func (p *testProbe) set(id string, answers ...Liveness) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.state[id] = l
+	p.script[id] = answers
+	p.calls[id] = p.calls[id][:0:0]
+	delete(p.hang, id)
+}
+
+// hangOn makes the probe for id time out: it waits for its deadline and
+// answers Silent, as NATSProbe does for a gateway that does not reply.
+func (p *testProbe) hangOn(id string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.hang[id] = true
 }
 
 func (p *testProbe) probe(ctx context.Context, id string) Liveness {
 	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.calls[id]++
-	if l, ok := p.state[id]; ok {
+	if p.hang[id] {
+		p.mu.Unlock()
+		<-ctx.Done()
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		l := Liveness{State: Silent}
+		p.calls[id] = append(p.calls[id], probeCall{time.Now(), l})
 		return l
 	}
-	return Liveness{State: Dead}
+	defer p.mu.Unlock()
+	l := Liveness{State: Dead}
+	if a := p.script[id]; len(a) > 0 {
+		l = a[len(p.calls[id])%len(a)]
+	}
+	p.calls[id] = append(p.calls[id], probeCall{time.Now(), l})
+	return l
 }
 
-func (p *testProbe) callCount(id string) int {
+// callsOf returns the calls for id since it was last set.
+func (p *testProbe) callsOf(id string) []probeCall {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.calls[id]
+	return slices.Clone(p.calls[id])
 }
+
+func (p *testProbe) callCount(id string) int { return len(p.callsOf(id)) }
+
+// healthyAs is the answer of a healthy gateway process with nonce inst.
+func healthyAs(inst string) Liveness { return Liveness{State: Alive, Instance: inst, Healthy: true} }
 
 func testLogger(tb testing.TB) *slog.Logger {
 	if testing.Verbose() {
@@ -87,21 +124,56 @@ func waitFor(tb testing.TB, timeout time.Duration, what string, cond func() bool
 
 const testTTL = 2 * time.Second
 
-// gateway registers a gateway whose probe answers alive with its instance.
-func gateway(tb testing.TB, client *api.Client, probe *testProbe, id string, weight int) *Registration {
+// testGateway is a registered gateway whose health the test controls.
+type testGateway struct {
+	*Registration
+	id   string
+	sick atomic.Bool
+}
+
+// fail makes the gateway unhealthy and heartbeats at once: Consul marks it
+// critical now rather than when the TTL runs out.
+func (g *testGateway) fail() { g.sick.Store(true); g.Check() }
+
+// heal makes it healthy again, passing at once.
+func (g *testGateway) heal() { g.sick.Store(false); g.Check() }
+
+// gateway registers a gateway whose probe answers alive and healthy with
+// its instance "inst-<id>".
+func gateway(tb testing.TB, client *api.Client, probe *testProbe, id string, weight int) *testGateway {
+	tb.Helper()
+	return gatewayWith(tb, client, probe, id, weight, nil)
+}
+
+// gatewayWith is gateway with edit applied to the configuration first; a
+// gateway g made sick before Register (edit may call g.sick.Store) registers
+// critical.
+func gatewayWith(tb testing.TB, client *api.Client, probe *testProbe, id string, weight int, edit func(*RegisterConfig, *testGateway)) *testGateway {
 	tb.Helper()
 	inst := "inst-" + id
-	probe.set(id, Liveness{State: Alive, Instance: inst})
-	r, err := Register(context.Background(), RegisterConfig{
+	probe.set(id, healthyAs(inst))
+	g := &testGateway{id: id}
+	cfg := RegisterConfig{
 		Client: client, ID: id, Address: "127.0.0.1", Port: 7000,
 		URL: "ws://127.0.0.1:7000/" + id, Weight: weight, Version: "test",
 		Instance: inst, TTL: testTTL, Probe: probe.probe, Logger: testLogger(tb),
-	})
+		Health: func() error {
+			if g.sick.Load() {
+				return errors.New("test: sick")
+			}
+			return nil
+		},
+	}
+	if edit != nil {
+		edit(&cfg, g)
+	}
+	r, err := Register(context.Background(), cfg)
 	if err != nil {
 		tb.Fatalf("Register %s: %v", id, err)
 	}
+	g.Registration = r
 	tb.Cleanup(func() { r.Close() })
-	return r
+	return g
 }
 
 // watch starts a watcher and stops it, checking Run returns, at cleanup.
@@ -151,7 +223,7 @@ func hasMembers(w *Watcher, want ...string) func() bool {
 	return func() bool { return slices.Equal(ids(w), want) }
 }
 
-// passing returns the IDs Consul lists as passing.
+// passing returns the IDs Consul lists as passing; nil if it cannot be asked.
 func passing(tb testing.TB, c *api.Client) []string {
 	tb.Helper()
 	es, _, err := c.Health().Service(Service, "", true, nil)
@@ -183,4 +255,49 @@ func expectedFingerprint(tb testing.TB, weights map[string]int) string {
 func startAgent(tb testing.TB) (*consultest.Agent, *api.Client) {
 	a := consultest.Start(tb)
 	return a, a.Client()
+}
+
+// criticalAt waits until Consul no longer lists id as passing and returns
+// when it saw that.
+func criticalAt(tb testing.TB, c *api.Client, id string, timeout time.Duration) time.Time {
+	tb.Helper()
+	waitFor(tb, timeout, "Consul to stop listing "+id+" as passing", func() bool {
+		return !slices.Contains(passing(tb, c), id)
+	})
+	return time.Now()
+}
+
+// stays checks, at every poll until until says enough, that the watcher's
+// ring is exactly want; it fails if that takes longer than limit.
+func stays(tb testing.TB, w *Watcher, until func() bool, limit time.Duration, want ...string) {
+	tb.Helper()
+	start := time.Now()
+	for !until() {
+		if got := ids(w); !slices.Equal(got, want) {
+			tb.Fatalf("%v into the check the ring is %v; want %v", time.Since(start).Round(time.Millisecond), got, want)
+		}
+		if time.Since(start) > limit {
+			tb.Fatalf("still waiting for the end of the check after %v", limit)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// elapsed says when d has passed since from.
+func elapsed(from time.Time, d time.Duration) func() bool {
+	return func() bool { return time.Since(from) >= d }
+}
+
+// probedOver says when the watcher has probed every one of ids over a span
+// of at least d: the check saw the watcher at work, not a stalled process.
+func (p *testProbe) probedOver(d time.Duration, ids ...string) func() bool {
+	return func() bool {
+		for _, id := range ids {
+			c := p.callsOf(id)
+			if len(c) < 2 || c[len(c)-1].at.Sub(c[0].at) < d {
+				return false
+			}
+		}
+		return true
+	}
 }

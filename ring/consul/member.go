@@ -56,10 +56,11 @@ type Liveness struct {
 	Reason  string
 }
 
-// Probe asks whether a process currently answers for gateway ID id. It must
-// be safe for concurrent use and should return within ctx's deadline;
-// anything short of a definite "nobody answers" must be reported as Alive or
-// Unknown, never Dead.
+// Probe asks whether a process currently answers for gateway ID id, and
+// with what. It must be safe for concurrent use and should return within
+// ctx's deadline. Anything short of a definite "nobody answers" must be
+// reported as Alive, Silent or Unknown, never Dead: two Dead answers a
+// second apart remove a member however many fail at once.
 type Probe func(ctx context.Context, id string) Liveness
 
 // ValidateURL checks a gateway's public WebSocket URL: ws or wss, with a host,

@@ -29,8 +29,11 @@ func (r LiveReply) Encode() []byte {
 // decodeLiveReply reads a liveness reply. A bare nonce is the answer of a
 // gateway from before replies carried health: alive and healthy.
 func decodeLiveReply(b []byte) (LiveReply, bool) {
+	if len(b) == 0 {
+		return LiveReply{}, false
+	}
 	if !strings.HasPrefix(string(b), "{") {
-		return LiveReply{Instance: string(b), Healthy: true}, len(b) > 0
+		return LiveReply{Instance: string(b), Healthy: true}, true
 	}
 	var r LiveReply
 	if err := json.Unmarshal(b, &r); err != nil || r.Instance == "" {

@@ -63,7 +63,7 @@ type Registration struct {
 	log    *slog.Logger
 	stop   chan struct{}
 	done   chan struct{}
-	kick   chan struct{} // Check: beat now
+	kick   chan struct{} // one slot: a Check waiting for the heartbeat loop
 	closed sync.Once
 
 	downSince    atomic.Int64 // unix nanos of the first failed contact in a row; 0 when reachable
@@ -166,8 +166,9 @@ func (r *Registration) claim(ctx context.Context) error {
 func (r *Registration) Instance() string { return r.cfg.Instance }
 
 // Unreachable reports how long the agent has been unreachable without a
-// break, or zero when the last attempt reached it. A gateway fences itself
-// when this exceeds the hold period: by then the others have dropped it.
+// break, or zero when the last attempt reached it. It is for operators
+// (readiness, metrics): an unreachable agent alone drops nobody from the
+// others' rings, so it is no reason to fence.
 func (r *Registration) Unreachable() time.Duration {
 	since := r.downSince.Load()
 	if since == 0 {
@@ -176,12 +177,15 @@ func (r *Registration) Unreachable() time.Duration {
 	return time.Since(time.Unix(0, since))
 }
 
-// Check runs a heartbeat now, with the current health, rather than at the
-// next tick: the gateway calls it when its health changes.
+// Check runs a heartbeat now, with the gateway's current health, instead of
+// at the next TTL/3 tick: the gateway calls it when its NATS connection
+// drops or returns, so that watchers see it critical (or passing again) at
+// once rather than up to TTL/3 later. It never blocks. Calls made while a
+// beat runs are coalesced into one more beat; after Close it does nothing.
 func (r *Registration) Check() {
 	select {
 	case r.kick <- struct{}{}:
-	default:
+	default: // a beat is already due
 	}
 }
 
@@ -262,6 +266,7 @@ func (r *Registration) heartbeat() {
 			r.beat()
 		case <-r.kick:
 			r.beat()
+			t.Reset(r.cfg.TTL / 3)
 		}
 	}
 }

@@ -20,21 +20,25 @@ import (
 type WatchConfig struct {
 	// Client talks to a Consul agent. Required.
 	Client *api.Client
-	// Probe decides whether a member that stopped passing is dead. Required.
+	// Probe asks a member that is not passing whether its process is alive
+	// and healthy. Required.
 	Probe Probe
 	// Service is the service to watch. If empty, defaults to Service.
 	Service string
 	// VNodes per unit of weight in the rings built. If zero, defaults to
 	// ring.DefaultVNodes.
 	VNodes int
-	// Hold is how long a member that stopped passing but still answers its
-	// probe stays in the ring. If zero, defaults to 30s.
+	// Hold is how long a member that is not passing and whose probe times
+	// out or answers unhealthy stays in the ring, counting only time during
+	// which more than half of the other members pass or answer healthy. If
+	// zero, defaults to 30s.
 	Hold time.Duration
 	// Debounce is how long a change waits for the rest of its burst before
 	// a ring is built. If zero, defaults to 200ms.
 	Debounce time.Duration
 	// ProbeInterval is how often held members are probed again. If zero,
-	// defaults to 1s.
+	// defaults to 1s. A shorter one does not make a dead member leave
+	// sooner than DeadGap after its first "no responders".
 	ProbeInterval time.Duration
 	// ProbeTimeout bounds one probe. If zero, defaults to 1s.
 	ProbeTimeout time.Duration
@@ -63,16 +67,25 @@ type Status struct {
 	LastContact time.Time
 	// Err is the last query error while degraded.
 	Err error
-	// Held lists the members kept in the ring while failing, sorted.
-	Held []string
-	// Passing lists the members passing in Consul in the last snapshot,
-	// sorted.
+	// Passing lists the gateways passing in Consul in the last snapshot,
+	// sorted; every one of them is in the ring. It is for self-fencing
+	// (DESIGN.md): a gateway cut off from NATS fences itself only while
+	// more than half of the other members are in this list and the watcher
+	// is not Degraded.
 	Passing []string
+	// Held lists the members kept in the ring while not passing, sorted:
+	// those that answer healthy, cannot be probed, or are failing but have
+	// not yet been failing for the hold period.
+	Held []string
+	// HeldMembers says, for each member in Held and in the same order, why
+	// it is kept and how near it is to leaving.
+	HeldMembers []HeldMember
 	// Skipped counts instances in the last snapshot whose registration was
-	// invalid (bad ID, weight or URL).
+	// invalid (bad ID, weight or URL), passing or not.
 	Skipped int
 	// Duplicates counts instances in the last snapshot dropped because
-	// another instance passed with the same ID.
+	// another instance had the same ID (a passing one, or one on a lower
+	// node name).
 	Duplicates int
 	// Changes counts rings published.
 	Changes int64
@@ -80,7 +93,34 @@ type Status struct {
 	Probes int64
 }
 
-// Watcher follows the passing gateways in Consul and publishes rings.
+// HeldMember is a ring member that is not passing in Consul, as the watcher
+// last judged it.
+type HeldMember struct {
+	ID string
+	// Since is when this watcher first saw it not passing.
+	Since time.Time
+	// InCatalog is false while Consul's catalog does not list it at all
+	// (deregistered, or forgotten by a restarted agent); that alone never
+	// removes it.
+	InCatalog bool
+	// Liveness is the answer to its last probe.
+	Liveness Liveness
+	// Verdict is what that answer means under the rule: "healthy",
+	// "failing" (timed out, unhealthy, or another instance answered),
+	// "dead" (one "no responders"; a second one DeadGap later removes it)
+	// or "unknown" (the probe could not tell; counts as alive).
+	Verdict string
+	// Failing is the failing time counted toward the hold so far; the
+	// member leaves when it reaches the hold period. Zero while it answers
+	// healthy.
+	Failing time.Duration
+	// Paused is true when its failing time stopped counting at the last
+	// evaluation because no more than half of the other members were
+	// passing or answering healthy: a shared failure, not its own.
+	Paused bool
+}
+
+// Watcher follows the gateways in Consul and publishes rings.
 type Watcher struct {
 	cfg   WatchConfig
 	log   *slog.Logger
@@ -90,7 +130,7 @@ type Watcher struct {
 	probes  atomic.Int64
 
 	mu     sync.Mutex // guards the following
-	status Status     // Held, Skipped, Duplicates, Degraded, LastContact, Err
+	status Status     // all but Changes and Probes
 }
 
 // published is a ring together with the channel closed when it is replaced.
@@ -99,11 +139,35 @@ type published struct {
 	changed chan struct{}
 }
 
-// snapshot is one answer from Consul: the valid passing members by ID.
+// snapshot is one answer from Consul: every valid registration of the
+// service, passing or not.
 type snapshot struct {
-	members    map[string]ring.Member
+	instances  map[string]instance // by gateway ID
 	skipped    int
 	duplicates int
+}
+
+// instance is one gateway's registration in a snapshot.
+type instance struct {
+	member ring.Member
+	// passing: every check of the entry passes, the node's serfHealth
+	// included (Consul's own passingOnly filter).
+	passing bool
+	// nonce is the meta instance: the answer its process gives to a
+	// liveness request. Empty if the registration has none.
+	nonce string
+}
+
+// passing returns the sorted IDs of the passing instances.
+func (s snapshot) passing() []string {
+	var ids []string
+	for id, in := range s.instances {
+		if in.passing {
+			ids = append(ids, id)
+		}
+	}
+	slices.Sort(ids)
+	return ids
 }
 
 // NewWatcher checks cfg and fills its defaults.
@@ -141,16 +205,18 @@ func (w *Watcher) Ring() (*ring.Ring, <-chan struct{}) {
 	return p.ring, p.changed
 }
 
-// Hold is the watcher's hold period: how long a member that stops passing
-// but still answers stays in the ring.
+// Hold is the watcher's hold period: how long a member that is not passing
+// stays in the ring while its probe times out or answers unhealthy (time
+// counted only while more than half of the others pass or answer).
 func (w *Watcher) Hold() time.Duration { return w.cfg.Hold }
 
 // Status returns the watcher's health.
 func (w *Watcher) Status() Status {
 	w.mu.Lock()
 	s := w.status
-	s.Held = slices.Clone(s.Held)
 	s.Passing = slices.Clone(s.Passing)
+	s.Held = slices.Clone(s.Held)
+	s.HeldMembers = slices.Clone(s.HeldMembers)
 	w.mu.Unlock()
 	s.Changes = w.changes.Load()
 	s.Probes = w.probes.Load()
@@ -167,8 +233,10 @@ func (w *Watcher) Run(ctx context.Context) error {
 	return g.Wait()
 }
 
-// query runs blocking queries for the passing members and hands every changed
-// snapshot to the build loop.
+// query runs blocking queries for every instance of the service, passing or
+// not, and hands every changed snapshot to the build loop. It asks for all of
+// them, not only the passing ones, because the rule needs the non-passing
+// instances' nonces, and a fresh watcher probes them.
 func (w *Watcher) query(ctx context.Context, snaps chan snapshot) {
 	lim := rate.NewLimiter(rate.Every(w.cfg.QueryInterval), 2)
 	var (
@@ -180,7 +248,7 @@ func (w *Watcher) query(ctx context.Context, snaps chan snapshot) {
 			return
 		}
 		q := (&api.QueryOptions{WaitIndex: index, WaitTime: w.cfg.WaitTime}).WithContext(ctx)
-		entries, meta, err := w.cfg.Client.Health().Service(w.cfg.Service, "", true, q)
+		entries, meta, err := w.cfg.Client.Health().Service(w.cfg.Service, "", false, q)
 		if ctx.Err() != nil {
 			return
 		}
@@ -233,13 +301,31 @@ func (w *Watcher) setContact(err error) {
 	w.status.Degraded, w.status.Err = true, err
 }
 
-// parse turns catalog entries into members, skipping invalid registrations
-// and resolving duplicate IDs to the instance on the lowest node name.
+// parse turns catalog entries into instances, skipping invalid
+// registrations and resolving duplicate IDs to a passing instance if there
+// is one, and among those to the one on the lowest node name.
 func (w *Watcher) parse(entries []*api.ServiceEntry) snapshot {
-	s := snapshot{members: make(map[string]ring.Member, len(entries))}
+	s := snapshot{instances: make(map[string]instance, len(entries))}
 	node := make(map[string]string, len(entries))
-	slices.SortFunc(entries, func(a, b *api.ServiceEntry) int { return cmp.Compare(nodeName(a), nodeName(b)) })
+	type entry struct {
+		*api.ServiceEntry
+		passing bool
+	}
+	es := make([]entry, 0, len(entries))
 	for _, e := range entries {
+		es = append(es, entry{e, e.Checks.AggregatedStatus() == api.HealthPassing})
+	}
+	slices.SortFunc(es, func(a, b entry) int {
+		if a.passing != b.passing {
+			if a.passing {
+				return -1
+			}
+			return 1
+		}
+		return cmp.Compare(nodeName(a.ServiceEntry), nodeName(b.ServiceEntry))
+	})
+	for _, ee := range es {
+		e := ee.ServiceEntry
 		if e.Service == nil {
 			s.skipped++
 			continue
@@ -252,12 +338,12 @@ func (w *Watcher) parse(entries []*api.ServiceEntry) snapshot {
 		}
 		if n, dup := node[m.ID]; dup {
 			s.duplicates++
-			w.log.Warn("duplicate gateway ID; keeping the instance on the lowest node name",
-				"gateway", m.ID, "kept_node", n, "dropped_node", nodeName(e))
+			w.log.Warn("duplicate gateway ID; keeping a passing instance, on the lowest node name",
+				"gateway", m.ID, "kept_node", n, "dropped_node", nodeName(e), "dropped_passing", ee.passing)
 			continue
 		}
 		node[m.ID] = nodeName(e)
-		s.members[m.ID] = m
+		s.instances[m.ID] = instance{member: m, passing: ee.passing, nonce: e.Service.Meta[MetaInstance]}
 	}
 	return s
 }
@@ -270,149 +356,13 @@ func nodeName(e *api.ServiceEntry) string {
 }
 
 func (s snapshot) equal(o snapshot) bool {
-	if s.skipped != o.skipped || s.duplicates != o.duplicates || len(s.members) != len(o.members) {
+	if s.skipped != o.skipped || s.duplicates != o.duplicates || len(s.instances) != len(o.instances) {
 		return false
 	}
-	for id, m := range s.members {
-		if o.members[id] != m {
+	for id, in := range s.instances {
+		if o.instances[id] != in {
 			return false
 		}
 	}
 	return true
-}
-
-// build owns the ring: it rebuilds it after each burst of snapshots and, while
-// members are held, at every probe interval until they pass, die or expire.
-func (w *Watcher) build(ctx context.Context, snaps chan snapshot) {
-	var (
-		snap    *snapshot
-		failing = map[string]time.Time{} // member ID → when this watcher first saw it fail
-		timer   = time.NewTimer(0)
-		due     time.Time // when timer fires; zero when it is stopped
-	)
-	<-timer.C
-	schedule := func(d time.Duration) {
-		at := time.Now().Add(d)
-		if due.IsZero() || at.Before(due) {
-			timer.Reset(d)
-			due = at
-		}
-	}
-	defer timer.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case s := <-snaps:
-			first := snap == nil
-			snap = &s
-			w.mu.Lock()
-			w.status.Skipped, w.status.Duplicates = s.skipped, s.duplicates
-			w.status.Passing = w.status.Passing[:0:0]
-			for id := range s.members {
-				w.status.Passing = append(w.status.Passing, id)
-			}
-			slices.Sort(w.status.Passing)
-			w.mu.Unlock()
-			if first {
-				schedule(0) // a watcher with no ring builds it at once
-			} else {
-				schedule(w.cfg.Debounce)
-			}
-		case <-timer.C:
-			due = time.Time{}
-			if next := w.evaluate(ctx, *snap, failing); next > 0 {
-				schedule(next)
-			}
-		}
-	}
-}
-
-// evaluate builds the ring from the passing members plus the members of the
-// current ring that are failing but not yet known dead, publishes it if it
-// changed, and returns when it must run again (zero: not until the next
-// snapshot).
-func (w *Watcher) evaluate(ctx context.Context, snap snapshot, failing map[string]time.Time) time.Duration {
-	now := time.Now()
-	cur, _ := w.Ring()
-	members := make([]ring.Member, 0, len(snap.members)+1)
-	for _, m := range snap.members {
-		members = append(members, m)
-	}
-	var suspects []ring.Member
-	for _, m := range cur.Members() {
-		if _, ok := snap.members[m.ID]; ok {
-			continue
-		}
-		since, ok := failing[m.ID]
-		if !ok {
-			since = now
-			failing[m.ID] = now
-		}
-		if now.Sub(since) >= w.cfg.Hold {
-			w.log.Warn("gateway still failing after the hold period; dropping it", "gateway", m.ID, "failing_for", now.Sub(since).Round(time.Millisecond))
-			continue
-		}
-		suspects = append(suspects, m)
-	}
-
-	var held []string
-	next := time.Duration(0)
-	for i, l := range w.probeAll(ctx, suspects) {
-		m := suspects[i]
-		if l.State == Dead {
-			w.log.Info("gateway stopped passing and its process is gone; dropping it", "gateway", m.ID)
-			continue
-		}
-		members = append(members, m)
-		held = append(held, m.ID)
-		left := w.cfg.Hold - now.Sub(failing[m.ID])
-		next = min(cmp.Or(next, w.cfg.ProbeInterval), w.cfg.ProbeInterval, left)
-	}
-	for id := range failing {
-		if !slices.Contains(held, id) {
-			delete(failing, id)
-		}
-	}
-	slices.Sort(held)
-	w.mu.Lock()
-	w.status.Held = held
-	w.mu.Unlock()
-
-	r, err := ring.New(w.cfg.VNodes, members)
-	if err != nil { // members were validated; this is a bug
-		w.log.Error("building ring", "error", err)
-		return next
-	}
-	if cur == nil || r.Fingerprint() != cur.Fingerprint() {
-		w.publish(r, held)
-	}
-	return next
-}
-
-// probeAll probes the members concurrently, each within ProbeTimeout.
-func (w *Watcher) probeAll(ctx context.Context, ms []ring.Member) []Liveness {
-	out := make([]Liveness, len(ms))
-	var wg sync.WaitGroup
-	for i, m := range ms {
-		wg.Go(func() {
-			pctx, cancel := context.WithTimeout(ctx, w.cfg.ProbeTimeout)
-			defer cancel()
-			w.probes.Add(1)
-			out[i] = w.cfg.Probe(pctx, m.ID)
-		})
-	}
-	wg.Wait()
-	return out
-}
-
-func (w *Watcher) publish(r *ring.Ring, held []string) {
-	ids := make([]string, 0, r.Len())
-	for _, m := range r.Members() {
-		ids = append(ids, m.ID)
-	}
-	w.log.Info("ring changed", "fingerprint", r.Fingerprint(), "members", ids, "held", held)
-	old := w.state.Swap(&published{ring: r, changed: make(chan struct{})})
-	close(old.changed)
-	w.changes.Add(1)
 }
