@@ -529,3 +529,56 @@ func TestWaitDeliveredEndToEnd(t *testing.T) {
 		}
 	}
 }
+
+// TestLostTailBecomesANewEpoch: JetStream loses acknowledged messages (the
+// tail of a single replica's disk), so new appends reuse seqs a device has
+// already seen. The dispatcher records a new epoch; the gateway closes the
+// device's socket, the device comes back with its old cursor, gets a gap,
+// and receives every notification accepted after the loss — none is
+// dropped as already seen.
+func TestLostTailBecomesANewEpoch(t *testing.T) {
+	c := newCluster(t, inbox.Config{})
+	c.startGateway("gw-1")
+	d := c.startDispatcher(func(cfg *dispatcher.Config) { cfg.EpochRefresh = 500 * time.Millisecond })
+	dev := c.connect(d, "alice")
+	post := func(id string) {
+		t.Helper()
+		waitFor(t, 20*time.Second, "notification "+id+" accepted", func() bool {
+			r, err := d.notify("alice", id, `1`, "")
+			return err == nil && r.Status == http.StatusAccepted
+		})
+	}
+	for i := range 10 {
+		post("a" + strconv.Itoa(i))
+	}
+	waitFor(t, 10*time.Second, "the first ten", func() bool { return len(dev.seqs()) == 10 })
+	oldEpoch, _ := dev.c.Cursor()
+	before, after := c.nats.LoseTail(c.log.Config().Stream)
+	var want []string
+	for i := range 10 {
+		want = append(want, "b"+strconv.Itoa(i))
+		post(want[i])
+	}
+	waitFor(t, 30*time.Second, "every notification accepted after the loss", func() bool {
+		got := map[string]bool{}
+		for _, f := range dev.raw() {
+			got[f.f.ID] = true
+		}
+		for _, id := range want {
+			if !got[id] {
+				return false
+			}
+		}
+		return true
+	})
+	gaps := 0
+	for _, f := range dev.raw() {
+		if f.f.Type == wire.TypeGap {
+			gaps++
+		}
+	}
+	if epoch, _ := dev.c.Cursor(); epoch == oldEpoch || gaps == 0 {
+		t.Fatalf("the device ends in epoch %q (was %q) with %d gaps: the loss must be a new epoch, and said", epoch, oldEpoch, gaps)
+	}
+	t.Logf("the stream's last seq went from %d to %d; the ten accepted after the loss all arrived, after %d gap(s)", before, after, gaps)
+}
