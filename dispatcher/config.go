@@ -50,6 +50,12 @@ type Config struct {
 	// rotation. Each must be at least 32 bytes. In dev mode the first one
 	// signs the dev tokens. Required.
 	TokenSecrets [][]byte
+	// TokenAudience, if not empty, must be among a user token's "aud"
+	// values; TokenIssuer, if not empty, must be its "iss". Give the
+	// gateways the same: a token /v1/connect accepts must open a socket.
+	// Dev tokens carry both.
+	TokenAudience string
+	TokenIssuer   string
 	// Dev enables POST /v1/dev/token and GET /v1/dev/config, which hand out
 	// user tokens and the first API key to anyone who asks. Never in
 	// production.

@@ -36,9 +36,14 @@
 //     could deliver it. A doorbell request that could not be sent, or an
 //     unreadable reply, is "timeout": the message is stored either way.
 //   - /v1/connect allows every origin (CORS): it authenticates with a
-//     bearer token, never a cookie. /v1/cluster needs no key and caches
-//     socket counts for a second, so it cannot be used to load the
-//     gateways.
+//     bearer token, never a cookie. A token that is expired, not yet
+//     valid, or without the required audience or issuer is 401 alike: the
+//     clients fetch one fresh token on a 401 and stop on a second.
+//   - /v1/cluster maps the cluster (every gateway, its URL and load), so
+//     outside dev mode it needs an API key, like the publishing endpoints,
+//     but costs the key's rate limit nothing; in dev mode the demo page
+//     reads it without one. It caches socket counts for a second, so it
+//     cannot be used to load the gateways.
 //   - /readyz is ready with an empty ring (notifications are stored, and
 //     delivered once a gateway joins); it is not ready before the first
 //     ring.

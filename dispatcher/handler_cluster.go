@@ -22,9 +22,8 @@ const (
 // slower than this is shown with nulls.
 const statsTimeout = 500 * time.Millisecond
 
-// statsTTL is how long socket counts are reused. /v1/cluster needs no
-// authentication, so without it every request would cost a NATS request per
-// gateway: a cheap way to load the whole cluster.
+// statsTTL is how long socket counts are reused, so a burst of /v1/cluster
+// requests costs one NATS request per gateway, not one per request.
 const statsTTL = time.Second
 
 type clusterMember struct {
@@ -62,7 +61,8 @@ type clusterUser struct {
 }
 
 // handleCluster serves GET /v1/cluster: the ring as this dispatcher sees
-// it, with each gateway's socket counts. It exposes no secrets.
+// it, with each gateway's socket counts. It exposes no secrets, but it does
+// map the cluster, so outside dev mode it needs an API key.
 func (d *Dispatcher) handleCluster(w http.ResponseWriter, r *http.Request) {
 	u := r.URL.Query().Get("user")
 	if u != "" {

@@ -35,7 +35,14 @@ func (d *Dispatcher) routes() http.Handler {
 	rt.handle("POST", "/v1/broadcast", publish(http.HandlerFunc(d.handleBroadcast)))
 	rt.handle("POST", "/v1/connect", http.HandlerFunc(d.handleConnect))
 	rt.handle("OPTIONS", "/v1/connect", http.HandlerFunc(d.handleConnectPreflight))
-	rt.handle("GET", "/v1/cluster", http.HandlerFunc(d.handleCluster))
+	cluster := http.Handler(http.HandlerFunc(d.handleCluster))
+	if !d.cfg.Dev {
+		// It names every gateway and its load: for the backends and
+		// operators, not for anyone who can reach the API. The demo page
+		// (dev mode only) reads it without a key.
+		cluster = d.requireKey(cluster)
+	}
+	rt.handle("GET", "/v1/cluster", cluster)
 	rt.handle("GET", "/healthz", http.HandlerFunc(d.handleHealthz))
 	rt.handle("GET", "/readyz", http.HandlerFunc(d.handleReadyz))
 	rt.handle("GET", "/metrics", promhttp.HandlerFor(d.registry, promhttp.HandlerOpts{Registry: d.registry}))
