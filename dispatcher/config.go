@@ -24,6 +24,18 @@ type Config struct {
 	Listener net.Listener
 	// Addr is where Run listens when Listener is nil, e.g. "127.0.0.1:8080".
 	Addr string
+	// AdminListener serves the operators' endpoints: /metrics, /healthz,
+	// /readyz and, with Pprof, /debug/pprof/. If nil, Run listens on
+	// AdminAddr; if that is empty too, there is no admin listener (and no
+	// /metrics). Keep it off the public network: metrics and profiles are
+	// for the operators, not for whoever reaches the API.
+	AdminListener net.Listener
+	// AdminAddr is where Run listens when AdminListener is nil, e.g.
+	// "127.0.0.1:9080".
+	AdminAddr string
+	// Pprof serves net/http/pprof's profiles under /debug/pprof/ on the
+	// admin listener. Off by default: a profile costs CPU while it runs.
+	Pprof bool
 
 	// NATS carries appends, doorbells, broadcasts, liveness probes and
 	// stats requests. Required. Create it with nats.ReconnectBufSize(-1):
@@ -99,8 +111,8 @@ type Config struct {
 	// negative, nothing is held.
 	ConnectHold time.Duration
 
-	// Registry is where the metrics are registered and what /metrics
-	// serves. If nil, a new one with the Go and process collectors.
+	// Registry is where the metrics are registered and what the admin
+	// listener's /metrics serves. If nil, a new one with the Go and process collectors.
 	Registry *prometheus.Registry
 	// Logger; if nil, slog.Default().
 	Logger *slog.Logger

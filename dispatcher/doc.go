@@ -44,6 +44,9 @@
 //     but costs the key's rate limit nothing; in dev mode the demo page
 //     reads it without one. It caches socket counts for a second, so it
 //     cannot be used to load the gateways.
+//   - Metrics and profiles are served only on the admin listener
+//     (AdminListener or AdminAddr), never on the API's; /healthz and
+//     /readyz are on both, for load balancers and for operators.
 //   - /readyz is ready with an empty ring (notifications are stored, and
 //     delivered once a gateway joins); it is not ready before the first
 //     ring.
@@ -61,10 +64,11 @@
 // New starts nothing. Run owns every goroutine the dispatcher starts and
 // returns only after all have ended:
 //
-//   - the HTTP server (Serve, and one goroutine per connection, which runs
-//     the handlers);
-//   - the shutdown goroutine, which waits for Run's context, shuts the
-//     server down with a grace period, then cancels the requests still
+//   - the HTTP servers, the API's and the admin listener's (Serve, and one
+//     goroutine per connection, which runs the handlers; both count their
+//     handlers in inflight);
+//   - the shutdown goroutine, which waits for Run's context, shuts both
+//     servers down with a grace period, then cancels the requests still
 //     running and waits for their handlers (inflight);
 //   - the ring watcher (consul.Watcher.Run, two goroutines of its own);
 //   - the log loop, which ensures the stream (retrying until it can), then
