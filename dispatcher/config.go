@@ -101,7 +101,8 @@ type Config struct {
 	StaleAfter time.Duration
 	// MoveWindow is the gateways' move window (gateway.Config.MoveWindow):
 	// for it plus 2s after a ring change, doorbells for a user whose owner
-	// changed ring both owners. If zero, 5s.
+	// changed ring both owners, and longer while the previous owner
+	// reports moves still pending (see grace.go). If zero, 5s.
 	MoveWindow time.Duration
 	// ConnectHold bounds how long /v1/connect?unreachable=<owner> waits for
 	// the ring to name another owner (or for the owner to answer its

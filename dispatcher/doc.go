@@ -47,6 +47,9 @@
 //   - Metrics and profiles are served only on the admin listener
 //     (AdminListener or AdminAddr), never on the API's; /healthz and
 //     /readyz are on both, for load balancers and for operators.
+//   - The grace window after a ring change lasts at least MoveWindow + 2s,
+//     and for each previous owner as long as it reports moves pending,
+//     plus 2s, up to 2 minutes after the change (grace.go).
 //   - /readyz is ready with an empty ring (notifications are stored, and
 //     delivered once a gateway joins); it is not ready before the first
 //     ring.
@@ -71,6 +74,11 @@
 //     servers down with a grace period, then cancels the requests still
 //     running and waits for their handlers (inflight);
 //   - the ring watcher (consul.Watcher.Run, two goroutines of its own);
+//   - the ring follower (followRings), which owns the grace state and
+//     publishes the current and previous rings through an atomic.Pointer,
+//     and at most one goroutine of its own at a time, which asks previous
+//     owners for their moves pending; it waits for that one before it
+//     returns;
 //   - the log loop, which ensures the stream (retrying until it can), then
 //     publishes the *inbox.Log through an atomic.Pointer and re-reads its
 //     epoch every EpochRefresh.

@@ -157,6 +157,7 @@ type testGateway struct {
 	doorbells  []wire.Doorbell
 	requests   int // doorbells that came as requests
 	broadcasts []*nats.Msg
+	stats      wire.GatewayStats // the answer to stats requests
 }
 
 func (e *env) gateway(id string, o gatewayOpts) *testGateway {
@@ -195,8 +196,13 @@ func (e *env) gateway(id string, o gatewayOpts) *testGateway {
 		g.mu.Unlock()
 	})
 	if o.stats != nil {
-		b, _ := json.Marshal(o.stats)
-		sub(wire.StatsSubject(id), func(m *nats.Msg) { m.Respond(b) })
+		g.stats = *o.stats
+		sub(wire.StatsSubject(id), func(m *nats.Msg) {
+			g.mu.Lock()
+			b, _ := json.Marshal(g.stats)
+			g.mu.Unlock()
+			m.Respond(b)
+		})
 	}
 	if err := g.nc.Flush(); err != nil {
 		e.t.Fatal(err)
@@ -234,6 +240,14 @@ func (g *testGateway) doorbellsFor(user string) []wire.Doorbell {
 		}
 	}
 	return out
+}
+
+// setMovesPending changes what the gateway's stats replies report as its
+// moves pending.
+func (g *testGateway) setMovesPending(n int) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.stats.MovesPending = n
 }
 
 func (g *testGateway) doorbellCount() int {
