@@ -73,11 +73,23 @@ func (c *common) consul() (*api.Client, error) {
 	return api.NewClient(cfg)
 }
 
+// The keepalive of herald's NATS connections, on both ends: the clients
+// ping the server every second and give up on it after two unanswered
+// pings, and herald nats does the same to its clients, so a frozen or
+// silently cut-off peer is noticed in 2-3s instead of the libraries'
+// 2 minutes (the ring's liveness rules count on it: DESIGN.md).
+const (
+	natsPingInterval = time.Second
+	natsMaxPingsOut  = 2
+)
+
 // connectNATS connects and keeps reconnecting forever; a gateway or
 // dispatcher outlives NATS restarts.
 func (c *common) connectNATS(name string, log *slog.Logger, opts ...nats.Option) (*nats.Conn, error) {
 	opts = append([]nats.Option{
 		nats.Name(name),
+		nats.PingInterval(natsPingInterval),
+		nats.MaxPingsOutstanding(natsMaxPingsOut),
 		nats.MaxReconnects(-1),
 		nats.ReconnectWait(250 * time.Millisecond),
 		nats.RetryOnFailedConnect(true),
