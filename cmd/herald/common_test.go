@@ -3,6 +3,7 @@ package main
 import (
 	"io"
 	"log/slog"
+	"strings"
 	"testing"
 	"time"
 )
@@ -35,5 +36,48 @@ func TestNATSServerKeepalive(t *testing.T) {
 	}
 	if _, err := natsServerOptions("127.0.0.1", "", 0); err == nil {
 		t.Error("an address without a port was accepted")
+	}
+}
+
+// TestCheckDev: --dev is refused on any address that is not loopback, and
+// with real secrets or API keys; without --dev nothing is checked.
+func TestCheckDev(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		c       common
+		keys    []string
+		listen  []string
+		refused string // a word of the error; empty: accepted
+	}{
+		{"loopback v4", common{dev: true}, nil, []string{"127.0.0.1:8080", "127.0.0.1:9080"}, ""},
+		{"loopback 127/8", common{dev: true}, nil, []string{"127.1.2.3:8080"}, ""},
+		{"loopback v6", common{dev: true}, nil, []string{"[::1]:8080"}, ""},
+		{"localhost", common{dev: true}, nil, []string{"localhost:8080"}, ""},
+		{"no admin address", common{dev: true}, nil, []string{"127.0.0.1:8080", ""}, ""},
+		{"the dev key and secret", common{dev: true, secrets: devSecret}, []string{devAPIKey}, []string{"127.0.0.1:8080"}, ""},
+		{"empty host", common{dev: true}, nil, []string{":8080"}, ":8080"},
+		{"all interfaces", common{dev: true}, nil, []string{"0.0.0.0:8080"}, "0.0.0.0:8080"},
+		{"all v6 interfaces", common{dev: true}, nil, []string{"[::]:8080"}, "[::]:8080"},
+		{"a LAN address", common{dev: true}, nil, []string{"192.168.1.10:8080"}, "192.168.1.10"},
+		{"a host name", common{dev: true}, nil, []string{"example.com:8080"}, "example.com"},
+		{"the admin address public", common{dev: true}, nil, []string{"127.0.0.1:8080", "0.0.0.0:9080"}, "0.0.0.0:9080"},
+		{"no port", common{dev: true}, nil, []string{"127.0.0.1"}, "127.0.0.1"},
+		{"a real secret", common{dev: true, secrets: strings.Repeat("s", 40)}, nil, []string{"127.0.0.1:8080"}, "--token-secrets"},
+		{"the dev secret and a real one", common{dev: true, secrets: devSecret + "," + strings.Repeat("s", 40)}, nil, []string{"127.0.0.1:8080"}, "--token-secrets"},
+		{"a real API key", common{dev: true}, []string{"prod-key"}, []string{"127.0.0.1:8080"}, "--api-keys"},
+		{"the dev key and a real one", common{dev: true}, []string{devAPIKey, "prod-key"}, []string{"127.0.0.1:8080"}, "--api-keys"},
+		{"not dev", common{secrets: strings.Repeat("s", 40)}, []string{"prod-key"}, []string{"0.0.0.0:8080"}, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := tc.c.checkDev(tc.keys, tc.listen...)
+			switch {
+			case tc.refused == "" && err != nil:
+				t.Fatalf("refused: %v", err)
+			case tc.refused != "" && err == nil:
+				t.Fatal("accepted")
+			case tc.refused != "" && (!strings.Contains(err.Error(), tc.refused) || !strings.Contains(err.Error(), "--dev refused")):
+				t.Fatalf("error %q does not say --dev refused because of %s", err, tc.refused)
+			}
+		})
 	}
 }

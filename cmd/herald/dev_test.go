@@ -1,12 +1,15 @@
 package main
 
 import (
+	"context"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/heraldpush/herald/ring/consul/consultest"
 )
@@ -64,5 +67,31 @@ func TestSIGKILLGatewayChildProcess(t *testing.T) {
 	}
 	if n, _ := strconv.Atoi(string(m[1])); n < 50 {
 		t.Errorf("only %d users re-homed after their gateway was killed; expected about a third of 300 per kill", n)
+	}
+}
+
+// TestDevRefusedUnsafe: the dispatcher and the gateway refuse --dev, at
+// startup and saying why, on an address that is not loopback and with real
+// secrets or keys.
+func TestDevRefusedUnsafe(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"dispatcher", "--dev", "--listen", "0.0.0.0:0"}, "0.0.0.0:0, which is not a loopback address"},
+		{[]string{"dispatcher", "--dev", "--listen", "127.0.0.1:0", "--api-keys", "a-real-key"}, "--dev refused with --api-keys"},
+		{[]string{"dispatcher", "--dev", "--listen", "127.0.0.1:0", "--token-secrets", "a-real-secret-of-at-least-32-bytes!!"}, "--dev refused with --token-secrets"},
+		{[]string{"gateway", "--dev", "--listen", ":0"}, ":0, which is not a loopback address"},
+		{[]string{"gateway", "--dev", "--listen", "127.0.0.1:0", "--token-secrets", "a-real-secret-of-at-least-32-bytes!!"}, "--dev refused with --token-secrets"},
+	} {
+		// A command that is not refused runs until it is killed.
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		cmd := exec.CommandContext(ctx, heraldBin, tc.args...)
+		cmd.Env = append(os.Environ(), "HERALD_NATS_URL=nats://127.0.0.1:1") // nothing may be reached before the check
+		out, err := cmd.CombinedOutput()
+		cancel()
+		if err == nil || !strings.Contains(string(out), tc.want) {
+			t.Errorf("herald %s: %v\n%s\nwant a refusal saying %q", strings.Join(tc.args, " "), err, out, tc.want)
+		}
 	}
 }

@@ -34,6 +34,10 @@ func runDispatcher(ctx context.Context, args []string) error {
 	if err := parse(fs, args); err != nil {
 		return err
 	}
+	d.APIKeys = splitList(*apiKeys)
+	if err := c.checkDev(d.APIKeys, *listen); err != nil {
+		return err
+	}
 	log, err := c.logger("dispatcher")
 	if err != nil {
 		return err
@@ -41,7 +45,6 @@ func runDispatcher(ctx context.Context, args []string) error {
 	if d.TokenSecrets, err = c.tokenSecrets(); err != nil {
 		return err
 	}
-	d.APIKeys = splitList(*apiKeys)
 	d.Dev, d.RateLimit, d.Logger = c.dev, rate.Limit(*rateLimit), log
 	if d.Dev {
 		d.Page, d.PagePaths = web.Handler(), web.Paths
