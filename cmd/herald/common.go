@@ -19,12 +19,14 @@ const devSecret = "herald-dev-secret-never-use-this-in-production"
 
 // common holds the flags every long-running subcommand has.
 type common struct {
-	logLevel   string
-	logFormat  string
-	natsURL    string
-	consulAddr string
-	secrets    string
-	dev        bool
+	logLevel      string
+	logFormat     string
+	natsURL       string
+	consulAddr    string
+	secrets       string
+	tokenAudience string
+	tokenIssuer   string
+	dev           bool
 }
 
 func (c *common) register(fs *flagSet) {
@@ -33,6 +35,8 @@ func (c *common) register(fs *flagSet) {
 	fs.StringVar(&c.natsURL, "nats-url", "nats://127.0.0.1:4222", "NATS server URLs, comma-separated")
 	fs.StringVar(&c.consulAddr, "consul-addr", "127.0.0.1:8500", "Consul agent HTTP address")
 	fs.StringVar(&c.secrets, "token-secrets", "", "comma-separated secrets (≥ 32 bytes each) that user tokens may be signed with; the first signs dev tokens")
+	fs.StringVar(&c.tokenAudience, "token-audience", "", `if set, user tokens must carry it in "aud" (give dispatchers and gateways the same)`)
+	fs.StringVar(&c.tokenIssuer, "token-issuer", "", `if set, user tokens' "iss" must be it (give dispatchers and gateways the same)`)
 	fs.BoolVar(&c.dev, "dev", false, "development mode, on loopback only and with the well-known dev secret: never in production (see the subcommand)")
 }
 

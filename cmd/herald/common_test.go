@@ -81,3 +81,18 @@ func TestCheckDev(t *testing.T) {
 		})
 	}
 }
+
+// TestTokenAudienceIssuerFlags: both components take --token-audience and
+// --token-issuer, and HERALD_TOKEN_AUDIENCE / HERALD_TOKEN_ISSUER.
+func TestTokenAudienceIssuerFlags(t *testing.T) {
+	t.Setenv("HERALD_TOKEN_ISSUER", "https://auth.example")
+	var c common
+	fs := newFlagSet("gateway", "")
+	c.register(fs)
+	if err := parse(fs, []string{"--token-audience", "herald"}); err != nil {
+		t.Fatal(err)
+	}
+	if c.tokenAudience != "herald" || c.tokenIssuer != "https://auth.example" {
+		t.Errorf("audience %q, issuer %q; want herald and the environment's https://auth.example", c.tokenAudience, c.tokenIssuer)
+	}
+}

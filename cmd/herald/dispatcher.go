@@ -53,6 +53,7 @@ func runDispatcher(ctx context.Context, args []string) error {
 	if d.TokenSecrets, err = c.tokenSecrets(); err != nil {
 		return err
 	}
+	d.TokenAudience, d.TokenIssuer = c.tokenAudience, c.tokenIssuer
 	d.Dev, d.RateLimit, d.Logger = c.dev, rate.Limit(*rateLimit), log
 	if d.Dev {
 		d.Page, d.PagePaths = web.Handler(), web.Paths
