@@ -44,6 +44,17 @@ type keyCtx struct{}
 // limit, which charges the request one notification. (A batch charges the
 // rest of its items itself, once it knows how many.)
 func (d *Dispatcher) requireAPIKey(next http.Handler) http.Handler {
+	return d.requireKey(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if d.allow(w, r, keyOf(r), 1) {
+			next.ServeHTTP(w, r)
+		}
+	}))
+}
+
+// requireKey admits a request with a valid API key, without charging its
+// rate limit: for reads that cost no notification (/v1/cluster, whose
+// socket counts are cached).
+func (d *Dispatcher) requireKey(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		cred, ok := bearer(r)
 		if !ok {
@@ -53,9 +64,6 @@ func (d *Dispatcher) requireAPIKey(next http.Handler) http.Handler {
 		key := d.lookupKey(cred)
 		if key == nil {
 			d.writeError(w, r, errorf(CodeUnauthorized, "unknown API key"))
-			return
-		}
-		if !d.allow(w, r, key, 1) {
 			return
 		}
 		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), keyCtx{}, key)))

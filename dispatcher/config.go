@@ -24,6 +24,18 @@ type Config struct {
 	Listener net.Listener
 	// Addr is where Run listens when Listener is nil, e.g. "127.0.0.1:8080".
 	Addr string
+	// AdminListener serves the operators' endpoints: /metrics, /healthz,
+	// /readyz and, with Pprof, /debug/pprof/. If nil, Run listens on
+	// AdminAddr; if that is empty too, there is no admin listener (and no
+	// /metrics). Keep it off the public network: metrics and profiles are
+	// for the operators, not for whoever reaches the API.
+	AdminListener net.Listener
+	// AdminAddr is where Run listens when AdminListener is nil, e.g.
+	// "127.0.0.1:9080".
+	AdminAddr string
+	// Pprof serves net/http/pprof's profiles under /debug/pprof/ on the
+	// admin listener. Off by default: a profile costs CPU while it runs.
+	Pprof bool
 
 	// NATS carries appends, doorbells, broadcasts, liveness probes and
 	// stats requests. Required. Create it with nats.ReconnectBufSize(-1):
@@ -50,6 +62,12 @@ type Config struct {
 	// rotation. Each must be at least 32 bytes. In dev mode the first one
 	// signs the dev tokens. Required.
 	TokenSecrets [][]byte
+	// TokenAudience, if not empty, must be among a user token's "aud"
+	// values; TokenIssuer, if not empty, must be its "iss". Give the
+	// gateways the same: a token /v1/connect accepts must open a socket.
+	// Dev tokens carry both.
+	TokenAudience string
+	TokenIssuer   string
 	// Dev enables POST /v1/dev/token and GET /v1/dev/config, which hand out
 	// user tokens and the first API key to anyone who asks. Never in
 	// production.
@@ -83,7 +101,8 @@ type Config struct {
 	StaleAfter time.Duration
 	// MoveWindow is the gateways' move window (gateway.Config.MoveWindow):
 	// for it plus 2s after a ring change, doorbells for a user whose owner
-	// changed ring both owners. If zero, 5s.
+	// changed ring both owners, and longer while the previous owner
+	// reports moves still pending (see grace.go). If zero, 5s.
 	MoveWindow time.Duration
 	// ConnectHold bounds how long /v1/connect?unreachable=<owner> waits for
 	// the ring to name another owner (or for the owner to answer its
@@ -93,8 +112,8 @@ type Config struct {
 	// negative, nothing is held.
 	ConnectHold time.Duration
 
-	// Registry is where the metrics are registered and what /metrics
-	// serves. If nil, a new one with the Go and process collectors.
+	// Registry is where the metrics are registered and what the admin
+	// listener's /metrics serves. If nil, a new one with the Go and process collectors.
 	Registry *prometheus.Registry
 	// Logger; if nil, slog.Default().
 	Logger *slog.Logger

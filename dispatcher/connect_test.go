@@ -197,7 +197,7 @@ func TestCluster(t *testing.T) {
 		} `json:"user"`
 	}
 	get := func() view {
-		r := td.do("GET", "/v1/cluster", "")
+		r := td.do("GET", "/v1/cluster", "", "Authorization", "Bearer "+testKey)
 		if r.status != http.StatusOK {
 			t.Fatalf("GET /v1/cluster: %d %s", r.status, r.body)
 		}
@@ -229,7 +229,7 @@ func TestCluster(t *testing.T) {
 	if len(v.Arcs) < 3 || v.Arcs[0].Start != 0 || v.Arcs[len(v.Arcs)-1].End != 1 || v.User != nil {
 		t.Fatalf("arcs %d from %v to %v, user %v", len(v.Arcs), v.Arcs[0].Start, v.Arcs[len(v.Arcs)-1].End, v.User)
 	}
-	r := td.do("GET", "/v1/cluster?user=alice", "")
+	r := td.do("GET", "/v1/cluster?user=alice", "", "Authorization", "Bearer "+testKey)
 	withUser := decodeAs[view](t, r)
 	owner, _ := td.Ring().Owner("alice")
 	if withUser.User == nil || withUser.User.ID != "alice" || withUser.User.Owner != owner.ID {
@@ -244,7 +244,7 @@ func TestCluster(t *testing.T) {
 	if arc < 0 || withUser.Arcs[arc].Gateway != owner.ID {
 		t.Fatalf("alice at %v lies in arc %d, not %s's", withUser.User.Position, arc, owner.ID)
 	}
-	if r := td.do("GET", "/v1/cluster?user=a%00b", ""); r.status != http.StatusBadRequest {
+	if r := td.do("GET", "/v1/cluster?user=a%00b", "", "Authorization", "Bearer "+testKey); r.status != http.StatusBadRequest {
 		t.Fatalf("a control character in ?user=: status %d", r.status)
 	}
 
@@ -261,5 +261,114 @@ func TestCluster(t *testing.T) {
 	}
 	if td.Ring().Len() != 3 {
 		t.Fatalf("ring of %d members while gw-b is held, want 3", td.Ring().Len())
+	}
+}
+
+// TestClusterNeedsAPIKey: outside dev mode /v1/cluster answers only with an
+// API key (401 with the usual error otherwise, whatever else is sent); in
+// dev mode, for the demo page, without one. Reading it costs the key no
+// notification.
+func TestClusterNeedsAPIKey(t *testing.T) {
+	e := newEnv(t)
+	e.gateway("gw-a", gatewayOpts{})
+	td := e.dispatcher(func(c *Config) { c.APIKeys = []string{testKey, testKey2}; c.RateBurst = 1; c.RateLimit = 0.001 })
+	dev := e.dispatcher(func(c *Config) { c.Dev, c.APIKeys = true, nil })
+	td.waitRing("gw-a")
+	dev.waitRing("gw-a")
+
+	for name, hdr := range map[string]string{
+		"no key":       "",
+		"unknown key":  "Bearer not-a-key",
+		"not bearer":   "Basic " + testKey,
+		"a user token": "Bearer " + mustToken(t, testSecret, "alice", time.Hour),
+	} {
+		t.Run(name, func(t *testing.T) {
+			r := td.do("GET", "/v1/cluster", "", "Authorization", hdr)
+			wantError(t, r, http.StatusUnauthorized, CodeUnauthorized)
+			if strings.Contains(string(r.body), "gw-a") {
+				t.Fatalf("the refusal names a gateway: %s", r.body)
+			}
+		})
+	}
+	for _, key := range []string{testKey, testKey2} {
+		for range 3 { // more than the burst of 1: not rate limited
+			if r := td.do("GET", "/v1/cluster", "", "Authorization", "Bearer "+key); r.status != http.StatusOK || !strings.Contains(string(r.body), `"gw-a"`) {
+				t.Fatalf("with an API key: %d %s", r.status, r.body)
+			}
+		}
+	}
+	td.notify(`{"user":"alice","data":1}`) // the key's one token is still there
+	if r := dev.do("GET", "/v1/cluster", ""); r.status != http.StatusOK || !strings.Contains(string(r.body), `"gw-a"`) {
+		t.Fatalf("dev mode without a key: %d %s", r.status, r.body)
+	}
+}
+
+// TestConnectAudienceIssuer: with TokenAudience and TokenIssuer set,
+// /v1/connect accepts only tokens that carry both; a token not yet valid
+// (beyond the verifier's leeway) is 401 like an expired one, so clients get
+// a fresh token; dev tokens carry the configured audience and issuer.
+func TestConnectAudienceIssuer(t *testing.T) {
+	e := newEnv(t)
+	e.gateway("gw-a", gatewayOpts{})
+	td := e.dispatcher(func(c *Config) { c.TokenAudience, c.TokenIssuer = "herald", "https://auth.example" })
+	dev := e.dispatcher(func(c *Config) {
+		c.Dev, c.APIKeys = true, nil
+		c.TokenAudience, c.TokenIssuer = "herald", "https://auth.example"
+	})
+	plain := e.dispatcher()
+	for _, d := range []*testDispatcher{td, dev, plain} {
+		d.waitRing("gw-a")
+	}
+	sign := func(opts ...token.SignOption) string {
+		tok, err := token.Sign(testSecret, "alice", time.Hour, opts...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return "Bearer " + tok
+	}
+	aud, iss := token.WithAudience("herald"), token.WithIssuer("https://auth.example")
+	later := token.WithNotBefore(time.Now().Add(time.Minute))
+	for _, tc := range []struct {
+		name string
+		d    *testDispatcher
+		auth string
+		want int
+	}{
+		{"aud and iss", td, sign(aud, iss), http.StatusOK},
+		{"nbf within the leeway", td, sign(aud, iss, token.WithNotBefore(time.Now().Add(2*time.Second))), http.StatusOK},
+		{"no aud", td, sign(iss), http.StatusUnauthorized},
+		{"no iss", td, sign(aud), http.StatusUnauthorized},
+		{"other aud", td, sign(token.WithAudience("billing"), iss), http.StatusUnauthorized},
+		{"other iss", td, sign(aud, token.WithIssuer("https://evil.example")), http.StatusUnauthorized},
+		{"neither", td, sign(), http.StatusUnauthorized},
+		{"not yet valid", td, sign(aud, iss, later), http.StatusUnauthorized},
+		{"none required", plain, sign(), http.StatusOK},
+		{"none required, any aud", plain, sign(token.WithAudience("billing")), http.StatusOK},
+		{"none required, not yet valid", plain, sign(later), http.StatusUnauthorized},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := tc.d.do("POST", "/v1/connect", "", "Authorization", tc.auth)
+			if tc.want != http.StatusOK {
+				wantError(t, r, tc.want, CodeUnauthorized)
+			} else if r.status != tc.want {
+				t.Fatalf("%d %s, want %d", r.status, r.body, tc.want)
+			}
+		})
+	}
+
+	r := dev.do("POST", "/v1/dev/token", `{"user":"alice"}`, "Content-Type", "application/json")
+	tok := decodeAs[struct {
+		Token   string `json:"token"`
+		Expires string `json:"expires"`
+	}](t, r)
+	strict, err := token.NewVerifierWith(token.Options{Secrets: [][]byte{testSecret}, Audience: "herald", Issuer: "https://auth.example"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := strict.Verify(tok.Token); err != nil {
+		t.Fatalf("the dev token lacks the audience or issuer: %v", err)
+	}
+	if c := dev.do("POST", "/v1/connect", "", "Authorization", "Bearer "+tok.Token); c.status != http.StatusOK {
+		t.Fatalf("connect with a dev token: %d %s", c.status, c.body)
 	}
 }

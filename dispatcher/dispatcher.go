@@ -66,7 +66,7 @@ func New(cfg Config) (*Dispatcher, error) {
 	if err := cfg.fill(); err != nil {
 		return nil, err
 	}
-	v, err := token.NewVerifier(cfg.TokenSecrets...)
+	v, err := token.NewVerifierWith(token.Options{Secrets: cfg.TokenSecrets, Audience: cfg.TokenAudience, Issuer: cfg.TokenIssuer})
 	if err != nil {
 		return nil, fmt.Errorf("dispatcher: %w", err)
 	}
@@ -121,47 +121,46 @@ func (d *Dispatcher) Ring() *ring.Ring {
 	return r
 }
 
-// Run listens (first, so "address in use" is its error), then serves the
-// API, watches the ring and ensures the log until ctx ends. It then shuts
-// the HTTP server down, letting requests in flight finish for a grace
-// period, and returns after every goroutine it started has ended: nil after
-// ctx ended, or the error that stopped it. Run may be called once.
+// Run listens (first, on the API's and the admin address, so "address in
+// use" is its error), then serves the API and the admin endpoints, watches
+// the ring and ensures the log until ctx ends. It then shuts both HTTP
+// servers down, letting requests in flight finish for a grace period, and
+// returns after every goroutine it started has ended: nil after ctx ended,
+// or the error that stopped it. Run closes the listeners, its own and those
+// it was given. Run may be called once.
 func (d *Dispatcher) Run(ctx context.Context) error {
 	if !d.running.CompareAndSwap(false, true) {
 		return errors.New("dispatcher: Run called more than once")
 	}
-	ln := d.cfg.Listener
-	if ln == nil {
-		var err error
-		if ln, err = net.Listen("tcp", d.cfg.Addr); err != nil {
-			return fmt.Errorf("dispatcher: %w", err)
-		}
+	ln, adminLn, err := d.listen()
+	if err != nil {
+		return err
 	}
 	// Requests run on a context that outlives ctx by the grace period:
 	// ending ctx must not cancel an append halfway.
 	reqCtx, cancelRequests := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelRequests()
-	srv := &http.Server{
-		Handler:           d.handler,
-		ReadHeaderTimeout: 10 * time.Second,
-		ReadTimeout:       30 * time.Second,
-		WriteTimeout:      d.cfg.MaxWait + 30*time.Second, // a delivery wait, an append, and room
-		IdleTimeout:       2 * time.Minute,
-		BaseContext:       func(net.Listener) context.Context { return reqCtx },
-		ErrorLog:          slog.NewLogLogger(d.log.Handler(), slog.LevelDebug),
+	listeners := []net.Listener{ln}
+	attrs := []any{"addr", ln.Addr().String(), "dev", d.cfg.Dev}
+	if adminLn != nil {
+		listeners = append(listeners, adminLn)
+		attrs = append(attrs, "admin", adminLn.Addr().String(), "pprof", d.cfg.Pprof)
 	}
-	d.log.Info("dispatcher listening", "addr", ln.Addr().String(), "dev", d.cfg.Dev)
+	servers := d.servers(reqCtx, adminLn != nil)
+	d.log.Info("dispatcher listening", attrs...)
 
 	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error {
-		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
-			return fmt.Errorf("dispatcher: serve: %w", err)
-		}
-		return nil
-	})
+	for i, srv := range servers {
+		g.Go(func() error {
+			if err := srv.Serve(listeners[i]); !errors.Is(err, http.ErrServerClosed) {
+				return fmt.Errorf("dispatcher: serve %s: %w", listeners[i].Addr(), err)
+			}
+			return nil
+		})
+	}
 	g.Go(func() error {
 		<-gctx.Done()
-		d.shutdown(srv, cancelRequests)
+		d.shutdown(servers, cancelRequests)
 		return nil
 	})
 	g.Go(func() error { d.link.Run(gctx); return nil })
@@ -171,16 +170,92 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 	return g.Wait()
 }
 
-// shutdown stops the server gracefully, then by force, and waits for every
+// servers are the API's HTTP server and, with admin, the admin listener's.
+// Their requests run on reqCtx.
+func (d *Dispatcher) servers(reqCtx context.Context, admin bool) []*http.Server {
+	base := func(net.Listener) context.Context { return reqCtx }
+	errorLog := slog.NewLogLogger(d.log.Handler(), slog.LevelDebug)
+	servers := []*http.Server{{
+		Handler:           d.handler,
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      d.cfg.MaxWait + 30*time.Second, // a delivery wait, an append, and room
+		IdleTimeout:       2 * time.Minute,
+		BaseContext:       base,
+		ErrorLog:          errorLog,
+	}}
+	if admin {
+		servers = append(servers, &http.Server{
+			Handler:           d.adminRoutes(),
+			ReadHeaderTimeout: adminReadHeaderTimeout,
+			ReadTimeout:       adminReadTimeout,
+			WriteTimeout:      adminWriteTimeout,
+			IdleTimeout:       adminIdleTimeout,
+			BaseContext:       base,
+			ErrorLog:          errorLog,
+		})
+	}
+	return servers
+}
+
+// The admin listener's timeouts. Its requests carry no body, and scrapes
+// and probes answer at once; the write timeout leaves room for a CPU
+// profile or an execution trace of up to two minutes (pprof refuses a
+// ?seconds= at or over it).
+const (
+	adminReadHeaderTimeout = 5 * time.Second
+	adminReadTimeout       = 10 * time.Second
+	adminWriteTimeout      = 2 * time.Minute
+	adminIdleTimeout       = 2 * time.Minute
+)
+
+// listen returns the API's listener and the admin one (nil when there is
+// none), listening where none was given. On failure it closes both.
+func (d *Dispatcher) listen() (ln, admin net.Listener, err error) {
+	ln, admin = d.cfg.Listener, d.cfg.AdminListener
+	if ln == nil {
+		if ln, err = net.Listen("tcp", d.cfg.Addr); err != nil {
+			err = fmt.Errorf("dispatcher: %w", err)
+		}
+	}
+	if err == nil && admin == nil && d.cfg.AdminAddr != "" {
+		if admin, err = net.Listen("tcp", d.cfg.AdminAddr); err != nil {
+			err = fmt.Errorf("dispatcher: admin listener: %w", err)
+		}
+	}
+	if err != nil {
+		for _, l := range []net.Listener{ln, admin} {
+			if l != nil {
+				l.Close()
+			}
+		}
+		return nil, nil, err
+	}
+	return ln, admin, nil
+}
+
+// shutdown stops the servers gracefully, then by force, and waits for every
 // handler to return.
-func (d *Dispatcher) shutdown(srv *http.Server, cancelRequests context.CancelFunc) {
+func (d *Dispatcher) shutdown(servers []*http.Server, cancelRequests context.CancelFunc) {
 	ctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
 	defer cancel()
 	close(d.closing)
-	if err := srv.Shutdown(ctx); err != nil {
+	var wg sync.WaitGroup
+	var forced atomic.Bool
+	for _, srv := range servers {
+		wg.Go(func() {
+			if err := srv.Shutdown(ctx); err != nil {
+				forced.Store(true)
+			}
+		})
+	}
+	wg.Wait()
+	if forced.Load() {
 		d.log.Warn("requests still running after the grace period; cancelling them", "grace", shutdownGrace)
 		cancelRequests()
-		srv.Close()
+		for _, srv := range servers {
+			srv.Close()
+		}
 	}
 	d.flight.closeAndWait()
 }

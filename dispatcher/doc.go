@@ -36,9 +36,20 @@
 //     could deliver it. A doorbell request that could not be sent, or an
 //     unreadable reply, is "timeout": the message is stored either way.
 //   - /v1/connect allows every origin (CORS): it authenticates with a
-//     bearer token, never a cookie. /v1/cluster needs no key and caches
-//     socket counts for a second, so it cannot be used to load the
-//     gateways.
+//     bearer token, never a cookie. A token that is expired, not yet
+//     valid, or without the required audience or issuer is 401 alike: the
+//     clients fetch one fresh token on a 401 and stop on a second.
+//   - /v1/cluster maps the cluster (every gateway, its URL and load), so
+//     outside dev mode it needs an API key, like the publishing endpoints,
+//     but costs the key's rate limit nothing; in dev mode the demo page
+//     reads it without one. It caches socket counts for a second, so it
+//     cannot be used to load the gateways.
+//   - Metrics and profiles are served only on the admin listener
+//     (AdminListener or AdminAddr), never on the API's; /healthz and
+//     /readyz are on both, for load balancers and for operators.
+//   - The grace window after a ring change lasts at least MoveWindow + 2s,
+//     and for each previous owner as long as it reports moves pending,
+//     plus 2s, up to 2 minutes after the change (grace.go).
 //   - /readyz is ready with an empty ring (notifications are stored, and
 //     delivered once a gateway joins); it is not ready before the first
 //     ring.
@@ -56,12 +67,18 @@
 // New starts nothing. Run owns every goroutine the dispatcher starts and
 // returns only after all have ended:
 //
-//   - the HTTP server (Serve, and one goroutine per connection, which runs
-//     the handlers);
-//   - the shutdown goroutine, which waits for Run's context, shuts the
-//     server down with a grace period, then cancels the requests still
+//   - the HTTP servers, the API's and the admin listener's (Serve, and one
+//     goroutine per connection, which runs the handlers; both count their
+//     handlers in inflight);
+//   - the shutdown goroutine, which waits for Run's context, shuts both
+//     servers down with a grace period, then cancels the requests still
 //     running and waits for their handlers (inflight);
 //   - the ring watcher (consul.Watcher.Run, two goroutines of its own);
+//   - the ring follower (followRings), which owns the grace state and
+//     publishes the current and previous rings through an atomic.Pointer,
+//     and at most one goroutine of its own at a time, which asks previous
+//     owners for their moves pending; it waits for that one before it
+//     returns;
 //   - the log loop, which ensures the stream (retrying until it can), then
 //     publishes the *inbox.Log through an atomic.Pointer and re-reads its
 //     epoch every EpochRefresh.

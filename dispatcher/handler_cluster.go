@@ -3,6 +3,7 @@ package dispatcher
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"net/http"
 	"slices"
 	"sync"
@@ -22,9 +23,8 @@ const (
 // slower than this is shown with nulls.
 const statsTimeout = 500 * time.Millisecond
 
-// statsTTL is how long socket counts are reused. /v1/cluster needs no
-// authentication, so without it every request would cost a NATS request per
-// gateway: a cheap way to load the whole cluster.
+// statsTTL is how long socket counts are reused, so a burst of /v1/cluster
+// requests costs one NATS request per gateway, not one per request.
 const statsTTL = time.Second
 
 type clusterMember struct {
@@ -62,7 +62,8 @@ type clusterUser struct {
 }
 
 // handleCluster serves GET /v1/cluster: the ring as this dispatcher sees
-// it, with each gateway's socket counts. It exposes no secrets.
+// it, with each gateway's socket counts. It exposes no secrets, but it does
+// map the cluster, so outside dev mode it needs an API key.
 func (d *Dispatcher) handleCluster(w http.ResponseWriter, r *http.Request) {
 	u := r.URL.Query().Get("user")
 	if u != "" {
@@ -123,31 +124,54 @@ func (d *Dispatcher) gatewayStats(ctx context.Context, rg *ring.Ring) map[string
 	if c.got != nil && c.ring == rg.Fingerprint() && time.Since(c.at) < statsTTL {
 		return c.got
 	}
+	var ids []string
+	for _, m := range rg.Members() {
+		ids = append(ids, m.ID)
+	}
+	got := map[string]wire.GatewayStats{}
 	// Shared with later requests: not cut short by this one's client.
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), statsTimeout)
+	for id, a := range d.requestStats(context.WithoutCancel(ctx), ids) {
+		if a.err == nil {
+			got[id] = a.stats
+		}
+	}
+	c.at, c.ring, c.got = time.Now(), rg.Fingerprint(), got
+	return got
+}
+
+// statsAnswer is a gateway's answer to a stats request, or why there is
+// none: nats.ErrNoResponders when no process serves the gateway's subject.
+type statsAnswer struct {
+	stats wire.GatewayStats
+	err   error
+}
+
+// requestStats asks every gateway in ids for its stats, in parallel, each
+// within statsTimeout, and returns an answer for each.
+func (d *Dispatcher) requestStats(ctx context.Context, ids []string) map[string]statsAnswer {
+	ctx, cancel := context.WithTimeout(ctx, statsTimeout)
 	defer cancel()
 	var (
 		mu  sync.Mutex
-		got = map[string]wire.GatewayStats{}
+		got = make(map[string]statsAnswer, len(ids))
 		wg  sync.WaitGroup
 	)
-	for _, m := range rg.Members() {
+	for _, id := range ids {
 		wg.Go(func() {
-			reply, err := d.cfg.NATS.RequestWithContext(ctx, wire.StatsSubject(m.ID), nil)
-			if err != nil {
-				return
-			}
-			var s wire.GatewayStats
-			if err := json.Unmarshal(reply.Data, &s); err != nil || s.Sockets < 0 || s.Users < 0 {
-				d.log.Warn("gateway answered a stats request with nonsense", "gateway", m.ID, "reply", string(reply.Data))
-				return
+			var a statsAnswer
+			reply, err := d.cfg.NATS.RequestWithContext(ctx, wire.StatsSubject(id), nil)
+			switch {
+			case err != nil:
+				a.err = err
+			case json.Unmarshal(reply.Data, &a.stats) != nil || a.stats.Sockets < 0 || a.stats.Users < 0 || a.stats.MovesPending < 0:
+				d.log.Warn("gateway answered a stats request with nonsense", "gateway", id, "reply", string(reply.Data))
+				a.err = errors.New("unreadable stats reply")
 			}
 			mu.Lock()
-			got[m.ID] = s
+			got[id] = a
 			mu.Unlock()
 		})
 	}
 	wg.Wait()
-	c.at, c.ring, c.got = time.Now(), rg.Fingerprint(), got
 	return got
 }

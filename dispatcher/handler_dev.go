@@ -12,7 +12,8 @@ import (
 const devTokenTTL = time.Hour
 
 // handleDevToken serves POST /v1/dev/token (dev mode only): a token for any
-// user, signed with the first secret, so the demo page can connect.
+// user, signed with the first secret and carrying the configured audience
+// and issuer, so the demo page can connect.
 func (d *Dispatcher) handleDevToken(w http.ResponseWriter, r *http.Request) {
 	body, err := readJSONBody(w, r, 4<<10)
 	if err != nil {
@@ -24,7 +25,8 @@ func (d *Dispatcher) handleDevToken(w http.ResponseWriter, r *http.Request) {
 		d.writeError(w, r, err)
 		return
 	}
-	tok, serr := token.Sign(d.cfg.TokenSecrets[0], user, devTokenTTL)
+	tok, serr := token.Sign(d.cfg.TokenSecrets[0], user, devTokenTTL,
+		token.WithAudience(d.cfg.TokenAudience), token.WithIssuer(d.cfg.TokenIssuer))
 	var claims token.Claims
 	if serr == nil {
 		// Read the expiry back from the token itself, which the JWT

@@ -157,6 +157,7 @@ type testGateway struct {
 	doorbells  []wire.Doorbell
 	requests   int // doorbells that came as requests
 	broadcasts []*nats.Msg
+	stats      wire.GatewayStats // the answer to stats requests
 }
 
 func (e *env) gateway(id string, o gatewayOpts) *testGateway {
@@ -195,8 +196,13 @@ func (e *env) gateway(id string, o gatewayOpts) *testGateway {
 		g.mu.Unlock()
 	})
 	if o.stats != nil {
-		b, _ := json.Marshal(o.stats)
-		sub(wire.StatsSubject(id), func(m *nats.Msg) { m.Respond(b) })
+		g.stats = *o.stats
+		sub(wire.StatsSubject(id), func(m *nats.Msg) {
+			g.mu.Lock()
+			b, _ := json.Marshal(g.stats)
+			g.mu.Unlock()
+			m.Respond(b)
+		})
 	}
 	if err := g.nc.Flush(); err != nil {
 		e.t.Fatal(err)
@@ -236,6 +242,14 @@ func (g *testGateway) doorbellsFor(user string) []wire.Doorbell {
 	return out
 }
 
+// setMovesPending changes what the gateway's stats replies report as its
+// moves pending.
+func (g *testGateway) setMovesPending(n int) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.stats.MovesPending = n
+}
+
 func (g *testGateway) doorbellCount() int {
 	g.mu.Lock()
 	defer g.mu.Unlock()
@@ -251,36 +265,47 @@ func (g *testGateway) broadcastCount() int {
 // testDispatcher is a running dispatcher and a client for it.
 type testDispatcher struct {
 	*Dispatcher
-	t      *testing.T
-	url    string
-	nc     *nats.Conn
-	reg    *prometheus.Registry
-	client *http.Client
+	t        *testing.T
+	url      string
+	adminURL string // empty when the test's Config has no admin listener
+	nc       *nats.Conn
+	reg      *prometheus.Registry
+	client   *http.Client
 	// stop ends Run and returns its error; later calls return the same.
-	stop func() error
+	stop    func() error
+	stopped atomic.Bool // stop has been called
 }
 
-// dispatcher starts a dispatcher on a loopback port; it is stopped, and Run
-// checked to return nil, when the test ends.
+// dispatcher starts a dispatcher on a loopback port, with an admin listener
+// on another; it is stopped, and Run checked to return nil, when the test
+// ends.
 func (e *env) dispatcher(edit ...func(*Config)) *testDispatcher {
 	e.t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		e.t.Fatal(err)
 	}
+	admin, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		e.t.Fatal(err)
+	}
 	nc := inboxtest.Connect(e.t, e.nats.URL(), nats.ReconnectBufSize(-1), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
 	cfg := Config{
-		Listener:     ln,
-		NATS:         nc,
-		Consul:       e.cc,
-		Watch:        consul.WatchConfig{QueryInterval: 50 * time.Millisecond, Debounce: 20 * time.Millisecond},
-		APIKeys:      []string{testKey},
-		TokenSecrets: [][]byte{testSecret},
-		Registry:     prometheus.NewRegistry(),
-		Logger:       testLogger(e.t),
+		Listener:      ln,
+		AdminListener: admin,
+		NATS:          nc,
+		Consul:        e.cc,
+		Watch:         consul.WatchConfig{QueryInterval: 50 * time.Millisecond, Debounce: 20 * time.Millisecond},
+		APIKeys:       []string{testKey},
+		TokenSecrets:  [][]byte{testSecret},
+		Registry:      prometheus.NewRegistry(),
+		Logger:        testLogger(e.t),
 	}
 	for _, f := range edit {
 		f(&cfg)
+	}
+	if cfg.AdminListener != admin {
+		admin.Close()
 	}
 	d, err := New(cfg)
 	if err != nil {
@@ -288,6 +313,9 @@ func (e *env) dispatcher(edit ...func(*Config)) *testDispatcher {
 	}
 	td := &testDispatcher{Dispatcher: d, t: e.t, url: "http://" + ln.Addr().String(), nc: nc, reg: cfg.Registry,
 		client: &http.Client{Transport: &http.Transport{}, Timeout: 60 * time.Second}}
+	if cfg.AdminListener != nil {
+		td.adminURL = "http://" + cfg.AdminListener.Addr().String()
+	}
 	ctx, cancel := context.WithCancel(bg)
 	done := make(chan error, 1)
 	go func() { done <- d.Run(ctx) }()
@@ -296,6 +324,7 @@ func (e *env) dispatcher(edit ...func(*Config)) *testDispatcher {
 		runErr error
 	)
 	td.stop = func() error {
+		td.stopped.Store(true)
 		once.Do(func() {
 			cancel()
 			select {
@@ -350,9 +379,26 @@ func (td *testDispatcher) do(method, path, body string, headers ...string) respo
 	return r
 }
 
+// admin sends a GET to the admin listener.
+func (td *testDispatcher) admin(path string) response {
+	td.t.Helper()
+	if td.adminURL == "" {
+		td.t.Fatal("the dispatcher has no admin listener")
+	}
+	r, err := td.tryURL("GET", td.adminURL+path, "")
+	if err != nil {
+		td.t.Fatal(err)
+	}
+	return r
+}
+
 // try is do for any goroutine: it returns its error.
 func (td *testDispatcher) try(method, path, body string, headers ...string) (response, error) {
-	req, err := http.NewRequest(method, td.url+path, strings.NewReader(body))
+	return td.tryURL(method, td.url+path, body, headers...)
+}
+
+func (td *testDispatcher) tryURL(method, url, body string, headers ...string) (response, error) {
+	req, err := http.NewRequest(method, url, strings.NewReader(body))
 	if err != nil {
 		return response{}, err
 	}
@@ -361,12 +407,12 @@ func (td *testDispatcher) try(method, path, body string, headers ...string) (res
 	}
 	resp, err := td.client.Do(req)
 	if err != nil {
-		return response{}, fmt.Errorf("%s %s: %w", method, path, err)
+		return response{}, fmt.Errorf("%s %s: %w", method, url, err)
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
 	if err != nil {
-		return response{}, fmt.Errorf("%s %s: reading the body: %w", method, path, err)
+		return response{}, fmt.Errorf("%s %s: reading the body: %w", method, url, err)
 	}
 	return response{status: resp.StatusCode, header: resp.Header, body: b}, nil
 }
@@ -434,8 +480,39 @@ func wantError(tb testing.TB, r response, status int, code Code) apiError {
 }
 
 // metric returns the value of the counter or gauge name with the given
-// label pairs, 0 if absent.
+// label pairs, 0 if absent. It reads them as Prometheus does, from the
+// admin listener's /metrics; once the dispatcher has stopped, from its
+// registry.
 func (td *testDispatcher) metric(name string, labels ...string) float64 {
+	td.t.Helper()
+	if td.stopped.Load() || td.adminURL == "" {
+		return td.gathered(name, labels...)
+	}
+	r := td.admin("/metrics")
+	if r.status != http.StatusOK {
+		td.t.Fatalf("GET /metrics on the admin listener: %d %s", r.status, r.body)
+	}
+	samples, err := parseExposition(r.body)
+	if err != nil {
+		td.t.Fatalf("GET /metrics: %v", err)
+	}
+next:
+	for _, sm := range samples {
+		if sm.name != name {
+			continue
+		}
+		for i := 0; i+1 < len(labels); i += 2 {
+			if sm.labels[labels[i]] != labels[i+1] {
+				continue next
+			}
+		}
+		return sm.value
+	}
+	return 0
+}
+
+// gathered is metric read from the registry.
+func (td *testDispatcher) gathered(name string, labels ...string) float64 {
 	td.t.Helper()
 	mfs, err := td.reg.Gather()
 	if err != nil {
@@ -465,6 +542,67 @@ func (td *testDispatcher) metric(name string, labels ...string) float64 {
 		}
 	}
 	return 0
+}
+
+// sample is one line of Prometheus's text exposition format.
+type sample struct {
+	name   string
+	labels map[string]string
+	value  float64
+}
+
+// parseExposition reads the text format's samples: name{k="v",...} value.
+func parseExposition(body []byte) ([]sample, error) {
+	var out []sample
+	for line := range strings.Lines(string(body)) {
+		line = strings.TrimSpace(line)
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		sm := sample{labels: map[string]string{}}
+		i := strings.IndexAny(line, "{ ")
+		if i < 0 {
+			return nil, fmt.Errorf("no value in %q", line)
+		}
+		sm.name, line = line[:i], line[i:]
+		if line[0] == '{' {
+			line = line[1:]
+			for !strings.HasPrefix(line, "}") {
+				k, rest, ok := strings.Cut(line, `="`)
+				if !ok {
+					return nil, fmt.Errorf("bad labels in %q", line)
+				}
+				var v strings.Builder
+				j := 0
+				for ; j < len(rest) && rest[j] != '"'; j++ {
+					if rest[j] == '\\' && j+1 < len(rest) {
+						j++
+						if rest[j] == 'n' {
+							v.WriteByte('\n')
+							continue
+						}
+					}
+					v.WriteByte(rest[j])
+				}
+				if j == len(rest) {
+					return nil, fmt.Errorf("unterminated label value in %q", line)
+				}
+				sm.labels[strings.TrimPrefix(k, ",")] = v.String()
+				line = rest[j+1:]
+			}
+			line = line[1:]
+		}
+		fields := strings.Fields(line) // the value, and perhaps a timestamp
+		if len(fields) == 0 {
+			return nil, fmt.Errorf("no value for %s", sm.name)
+		}
+		var err error
+		if sm.value, err = strconv.ParseFloat(fields[0], 64); err != nil {
+			return nil, fmt.Errorf("value of %s: %w", sm.name, err)
+		}
+		out = append(out, sm)
+	}
+	return out, nil
 }
 
 // ownedBy finds a user the ring gives to gateway id.

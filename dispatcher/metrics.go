@@ -2,6 +2,7 @@ package dispatcher
 
 import (
 	"fmt"
+	"time"
 
 	"github.com/heraldpush/herald/ring/consul"
 	"github.com/prometheus/client_golang/prometheus"
@@ -100,6 +101,15 @@ func newMetrics(d *Dispatcher, reg *prometheus.Registry) (*metrics, error) {
 			Name: "herald_connect_held",
 			Help: "/v1/connect requests being held now.",
 		}, func() float64 { return float64(d.held.Load()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "herald_grace_extended_gateways",
+			Help: "Previous owners whose grace window is extended now: they report moves still pending, or did within the last seconds.",
+		}, func() float64 {
+			if rs := d.rings.Load(); rs != nil {
+				return float64(rs.extendedCount(time.Now()))
+			}
+			return 0
+		}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "herald_ring_members",
 			Help: "Gateways in this dispatcher's ring.",

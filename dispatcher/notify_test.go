@@ -75,9 +75,9 @@ func TestNotifyRingsTheOwner(t *testing.T) {
 	if got := td.metric("herald_http_requests_total", "route", "/v1/notify", "code", "202"); got != 2*users {
 		t.Errorf("herald_http_requests_total{route=/v1/notify,code=202} = %v, want %d", got, 2*users)
 	}
-	r := td.do("GET", "/metrics", "")
+	r := td.admin("/metrics")
 	if r.status != http.StatusOK || !bytes.Contains(r.body, []byte("herald_append_conflicts_total")) {
-		t.Fatalf("GET /metrics: %d, missing herald_append_conflicts_total", r.status)
+		t.Fatalf("GET /metrics on the admin listener: %d, missing herald_append_conflicts_total", r.status)
 	}
 }
 

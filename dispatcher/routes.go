@@ -2,6 +2,7 @@ package dispatcher
 
 import (
 	"net/http"
+	"net/http/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -35,10 +36,18 @@ func (d *Dispatcher) routes() http.Handler {
 	rt.handle("POST", "/v1/broadcast", publish(http.HandlerFunc(d.handleBroadcast)))
 	rt.handle("POST", "/v1/connect", http.HandlerFunc(d.handleConnect))
 	rt.handle("OPTIONS", "/v1/connect", http.HandlerFunc(d.handleConnectPreflight))
-	rt.handle("GET", "/v1/cluster", http.HandlerFunc(d.handleCluster))
+	cluster := http.Handler(http.HandlerFunc(d.handleCluster))
+	if !d.cfg.Dev {
+		// It names every gateway and its load: for the backends and
+		// operators, not for anyone who can reach the API. The demo page
+		// (dev mode only) reads it without a key.
+		cluster = d.requireKey(cluster)
+	}
+	rt.handle("GET", "/v1/cluster", cluster)
+	// Load balancers probe these on the API's port; the admin listener
+	// serves them too, with /metrics, which the public port does not.
 	rt.handle("GET", "/healthz", http.HandlerFunc(d.handleHealthz))
 	rt.handle("GET", "/readyz", http.HandlerFunc(d.handleReadyz))
-	rt.handle("GET", "/metrics", promhttp.HandlerFor(d.registry, promhttp.HandlerOpts{Registry: d.registry}))
 	if d.cfg.Dev {
 		rt.handle("POST", "/v1/dev/token", http.HandlerFunc(d.handleDevToken))
 		rt.handle("GET", "/v1/dev/config", http.HandlerFunc(d.handleDevConfig))
@@ -60,6 +69,36 @@ func (d *Dispatcher) routes() http.Handler {
 		r.allow = strings.Join(ms, ", ")
 	}
 	return rt
+}
+
+// adminRoutes are the admin listener's: metrics, health and, with Pprof,
+// the profiles. net/http/pprof's handlers are mounted here, on this mux
+// only: importing the package also registers them on http.DefaultServeMux,
+// which herald never serves.
+func (d *Dispatcher) adminRoutes() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(d.registry, promhttp.HandlerOpts{Registry: d.registry}))
+	mux.HandleFunc("GET /healthz", d.handleHealthz)
+	mux.HandleFunc("GET /readyz", d.handleReadyz)
+	if d.cfg.Pprof {
+		mux.HandleFunc("GET /debug/pprof/", pprof.Index) // and every named profile: heap, goroutine, ...
+		mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("POST /debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// Counted like the API's requests, so Run waits for a profile
+		// still being written (it ends with the request's context).
+		if !d.flight.enter() {
+			w.Header().Set("Connection", "close")
+			d.writeError(w, r, errorf(CodeUnavailable, "the dispatcher is shutting down"))
+			return
+		}
+		defer d.flight.leave()
+		mux.ServeHTTP(w, r)
+	})
 }
 
 func (rt *router) handle(method, path string, h http.Handler) {

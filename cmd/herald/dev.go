@@ -41,7 +41,14 @@ const (
 	devGateway      = 7001 // gw-1; gw-N is +N-1
 	devDispatcher   = 8080 // disp-1; disp-N is +N-1
 	devControl      = 8079
+	// devAdminOffset puts a child's admin listener (/metrics, pprof) at its
+	// port + 1000: disp-1's at 9080. (For gateways, 8001 and up, that stays
+	// clear of the control port up to gw-78.)
+	devAdminOffset = 1000
 )
+
+// adminPort is where the child listening on port has its admin listener.
+func adminPort(port int) int { return port + devAdminOffset }
 
 // devState is the state file: where every child is and how it was started.
 type devState struct {
@@ -61,6 +68,7 @@ type childInfo struct {
 	State   string   `json:"state"`
 	Ports   []int    `json:"ports"`
 	URL     string   `json:"url,omitempty"`
+	Admin   string   `json:"admin,omitempty"` // base URL of its admin listener: /metrics, /healthz, /readyz, /debug/pprof/
 	Args    []string `json:"args"`
 	Starts  int      `json:"starts"`
 	Removed bool     `json:"removed,omitempty"`
@@ -100,7 +108,7 @@ func runDev(ctx context.Context, args []string) error {
 	dispatchers := fs.Int("dispatchers", 2, "dispatchers to start")
 	restartDelay := fs.Duration("restart-delay", 10*time.Second, "how long after a child exits it is started again (longer than the 6s TTL, so a killed gateway visibly leaves the ring)")
 	dir := fs.String("dir", "data/dev", "directory for the state file and NATS's store")
-	offset := fs.Int("port-offset", 0, "added to every port (Consul 8500/8300/8301-2, NATS 4222, gateways 7001+, dispatchers 8080+, control 8079)")
+	offset := fs.Int("port-offset", 0, "added to every port (Consul 8500/8300/8301-2, NATS 4222, gateways 7001+, dispatchers 8080+, control 8079; each child's admin listener at its port + 1000)")
 	consulBin := fs.String("consul", "", "Consul agent binary (default: consul beside this binary, else bin/consul, else on PATH)")
 	logLevel := fs.String("log-level", "info", "children's log level")
 	if err := parse(fs, args); err != nil {
@@ -190,10 +198,13 @@ func (d *dev) plan(gateways, dispatchers int) {
 	common := []string{"--dev", "--nats-url", d.state.NATSURL, "--consul-addr", d.state.ConsulAddr, "--log-level", logLevel}
 	for i := 1; i <= dispatchers; i++ {
 		port := devDispatcher + i - 1 + o
+		admin := fmt.Sprintf("127.0.0.1:%d", adminPort(port))
 		url := fmt.Sprintf("http://127.0.0.1:%d", port)
 		d.state.Dispatchers = append(d.state.Dispatchers, url)
-		d.add(&child{info: childInfo{Name: "disp-" + strconv.Itoa(i), Kind: "dispatcher", Ports: []int{port}, URL: url,
-			Args: append([]string{d.herald, "dispatcher", "--listen", fmt.Sprintf("127.0.0.1:%d", port), "--api-keys", devAPIKey}, common...)}})
+		d.add(&child{info: childInfo{Name: "disp-" + strconv.Itoa(i), Kind: "dispatcher", Ports: []int{port, adminPort(port)}, URL: url,
+			Admin: "http://" + admin,
+			Args: append([]string{d.herald, "dispatcher", "--listen", fmt.Sprintf("127.0.0.1:%d", port), "--admin-listen", admin, "--pprof",
+				"--api-keys", devAPIKey}, common...)}})
 	}
 	for range gateways {
 		d.add(d.gatewayChild())
@@ -272,7 +283,7 @@ func (d *dev) startAll(ctx context.Context) error {
 // ringSize is how many members a dispatcher's ring has; -1 if it cannot tell.
 func ringSize(dispatcher string) int {
 	c := http.Client{Timeout: time.Second}
-	resp, err := c.Get(dispatcher + "/v1/cluster")
+	resp, err := c.Get(dispatcher + "/v1/cluster") // dev mode: no API key needed
 	if err != nil {
 		return -1
 	}
@@ -293,6 +304,11 @@ func (d *dev) banner() {
 	for _, c := range d.snapshot() {
 		if c.info.Kind == "gateway" {
 			fmt.Fprintf(d.out, "  %-14s %s\n", c.info.Name, c.info.URL)
+		}
+	}
+	for _, c := range d.snapshot() {
+		if c.info.Admin != "" {
+			fmt.Fprintf(d.out, "  %-14s %s/metrics\n", c.info.Name+" admin", c.info.Admin)
 		}
 	}
 	fmt.Fprintf(d.out, "  Consul UI      http://%s/ui\n", d.state.ConsulAddr)

@@ -17,7 +17,8 @@ import (
 //	POST   /gateways                       add a gateway; answers its entry
 //	DELETE /gateways/{name}                ?signal=… (default TERM: drain) and remove it
 //
-// Stops answer once the process has exited.
+// Stops answer once the process has exited. Every route is behind
+// localOnly.
 func (d *dev) controlRoutes() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /state", func(w http.ResponseWriter, r *http.Request) {
@@ -94,7 +95,27 @@ func (d *dev) controlRoutes() http.Handler {
 		d.stop(c, sig, 0)
 		writeJSONResponse(w, http.StatusOK, c.info)
 	})
-	return mux
+	return localOnly(mux)
+}
+
+// localOnly refuses, with 403, what a web page could send: listening on
+// loopback keeps other hosts out, but not the developer's own browser. A
+// page on any site can POST to 127.0.0.1 (no preflight for a simple POST),
+// and browsers then send an Origin header, which curl, herald chaos and the
+// tests never do; and a site whose name its DNS points at 127.0.0.1 (DNS
+// rebinding) arrives with its own name as Host.
+func localOnly(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if _, ok := r.Header["Origin"]; ok {
+			http.Error(w, "refused: a request with an Origin header comes from a web page; the control endpoint is for local tools (curl, herald chaos)", http.StatusForbidden)
+			return
+		}
+		if !loopback(r.Host) {
+			http.Error(w, fmt.Sprintf("refused: Host %q is not a loopback address:port", r.Host), http.StatusForbidden)
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
 }
 
 func parseSignal(s string) (syscall.Signal, error) {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"net"
 
 	"github.com/heraldpush/herald/dispatcher"
@@ -15,7 +16,11 @@ func runDispatcher(ctx context.Context, args []string) error {
 	var c common
 	c.register(fs)
 	var d dispatcher.Config
-	listen := fs.String("listen", "127.0.0.1:8080", "HTTP listen address")
+	listen := fs.String("listen", "127.0.0.1:8080", "HTTP listen address of the API")
+	adminListen := fs.String("admin-listen", "", "listen address of /metrics, /healthz, /readyz and, with --pprof, /debug/pprof/; keep it off the public network (default: none, and no metrics)")
+	fs.envVar("admin-listen", "HERALD_DISPATCHER_ADMIN_LISTEN")
+	fs.BoolVar(&d.Pprof, "pprof", false, "serve net/http/pprof's profiles on the admin listener")
+	fs.envVar("pprof", "HERALD_DISPATCHER_PPROF")
 	apiKeys := fs.String("api-keys", "", "comma-separated API keys for the publishing endpoints (required unless --dev)")
 	fs.StringVar(&d.Log.Stream, "stream", "HERALD_INBOX", "JetStream stream of the users' logs")
 	fs.Int64Var(&d.Log.MaxMsgsPerUser, "max-per-user", 0, "messages kept per user (default 100)")
@@ -34,6 +39,13 @@ func runDispatcher(ctx context.Context, args []string) error {
 	if err := parse(fs, args); err != nil {
 		return err
 	}
+	d.APIKeys = splitList(*apiKeys)
+	if err := c.checkDev(d.APIKeys, *listen, *adminListen); err != nil {
+		return err
+	}
+	if d.Pprof && *adminListen == "" {
+		return errors.New("--pprof needs --admin-listen: profiles are served only on the admin listener")
+	}
 	log, err := c.logger("dispatcher")
 	if err != nil {
 		return err
@@ -41,7 +53,7 @@ func runDispatcher(ctx context.Context, args []string) error {
 	if d.TokenSecrets, err = c.tokenSecrets(); err != nil {
 		return err
 	}
-	d.APIKeys = splitList(*apiKeys)
+	d.TokenAudience, d.TokenIssuer = c.tokenAudience, c.tokenIssuer
 	d.Dev, d.RateLimit, d.Logger = c.dev, rate.Limit(*rateLimit), log
 	if d.Dev {
 		d.Page, d.PagePaths = web.Handler(), web.Paths
@@ -49,6 +61,7 @@ func runDispatcher(ctx context.Context, args []string) error {
 	if d.Listener, err = net.Listen("tcp", *listen); err != nil {
 		return err
 	}
+	d.AdminAddr = *adminListen // Run listens on it, and fails if it is taken
 	// Appends must not buffer while reconnecting: a publish then fails at
 	// once, and the API can say the notification was not stored.
 	if d.NATS, err = c.connectNATS("herald dispatcher "+*listen, log, nats.ReconnectBufSize(-1)); err != nil {
@@ -62,6 +75,6 @@ func runDispatcher(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	log.Info("dispatcher starting", "listen", d.Listener.Addr().String(), "dev", d.Dev)
+	log.Info("dispatcher starting", "listen", d.Listener.Addr().String(), "admin_listen", *adminListen, "dev", d.Dev)
 	return disp.Run(ctx)
 }

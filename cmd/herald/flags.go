@@ -7,21 +7,54 @@ import (
 	"strings"
 )
 
+// flagSet is a subcommand's flags. Each flag is also read from the
+// environment: from HERALD_<NAME> (--consul-addr from HERALD_CONSUL_ADDR),
+// or from the variable named with envVar.
+type flagSet struct {
+	*flag.FlagSet
+	envVars map[string]string // flag name → its own environment variable
+}
+
 // newFlagSet returns a flag set for a subcommand whose usage mentions the
 // environment variables.
-func newFlagSet(name, synopsis string) *flag.FlagSet {
-	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+func newFlagSet(name, synopsis string) *flagSet {
+	fs := &flagSet{FlagSet: flag.NewFlagSet(name, flag.ContinueOnError), envVars: map[string]string{}}
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "Usage: herald %s [flags]\n\n%s\n\nFlags (each also read from HERALD_<NAME>, e.g. --consul-addr from HERALD_CONSUL_ADDR):\n", name, synopsis)
+		fmt.Fprintf(fs.Output(), "Usage: herald %s [flags]\n\n%s\n\n"+
+			"Flags (each also read from HERALD_<NAME>, e.g. --consul-addr from HERALD_CONSUL_ADDR,\n"+
+			"unless its description names another variable; the command line wins):\n", name, synopsis)
 		fs.PrintDefaults()
 	}
 	return fs
 }
 
+// envVar makes flag name read the environment variable variable instead of
+// HERALD_<NAME>, and says so in its usage. It is for flags several
+// components have whose values must differ when they share a host
+// (--admin-listen: HERALD_DISPATCHER_ADMIN_LISTEN, HERALD_GATEWAY_ADMIN_LISTEN),
+// so one exported variable cannot configure both. Call it right after
+// defining the flag; it panics if there is no such flag, as defining one
+// twice does.
+func (fs *flagSet) envVar(name, variable string) {
+	f := fs.Lookup(name)
+	if f == nil {
+		panic("herald: envVar of undefined flag --" + name)
+	}
+	fs.envVars[name] = variable
+	f.Usage += " (environment: " + variable + ")"
+}
+
+// envOf is the environment variable flag name is read from.
+func (fs *flagSet) envOf(name string) string {
+	if v, ok := fs.envVars[name]; ok {
+		return v
+	}
+	return envName(name)
+}
+
 // parse parses args, then sets every flag not given on the command line from
-// its HERALD_* environment variable, so the command line wins over the
-// environment.
-func parse(fs *flag.FlagSet, args []string) error {
+// its environment variable, so the command line wins over the environment.
+func parse(fs *flagSet, args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -35,7 +68,7 @@ func parse(fs *flag.FlagSet, args []string) error {
 		if set[f.Name] || err != nil {
 			return
 		}
-		name := envName(f.Name)
+		name := fs.envOf(f.Name)
 		if v, ok := os.LookupEnv(name); ok {
 			if e := fs.Set(f.Name, v); e != nil {
 				err = fmt.Errorf("%s=%q: %w", name, v, e)

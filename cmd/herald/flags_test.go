@@ -1,6 +1,7 @@
 package main
 
 import (
+	"strings"
 	"testing"
 	"time"
 )
@@ -33,4 +34,55 @@ func TestParseRejectsBadEnvAndArgs(t *testing.T) {
 	if err := parse(fs, []string{"stray"}); err == nil {
 		t.Error("a stray argument was accepted")
 	}
+}
+
+// TestFlagOwnEnvironmentVariable: a flag given its own variable with envVar
+// reads that one, not HERALD_<NAME> (which another component on the host
+// may have set), still loses to the command line, and says so in its
+// usage.
+func TestFlagOwnEnvironmentVariable(t *testing.T) {
+	t.Setenv("HERALD_ADMIN_LISTEN", "0.0.0.0:1")
+	t.Setenv("HERALD_GATEWAY_ADMIN_LISTEN", "127.0.0.1:2")
+	t.Setenv("HERALD_DISPATCHER_ADMIN_LISTEN", "127.0.0.1:3")
+	t.Setenv("HERALD_DISPATCHER_PPROF", "true")
+	t.Setenv("HERALD_PPROF", "false")
+	newSet := func() (*flagSet, *string, *bool) {
+		fs := newFlagSet("dispatcher", "")
+		admin := fs.String("admin-listen", "", "admin address")
+		fs.envVar("admin-listen", "HERALD_DISPATCHER_ADMIN_LISTEN")
+		pprof := fs.Bool("pprof", false, "profiles")
+		fs.envVar("pprof", "HERALD_DISPATCHER_PPROF")
+		return fs, admin, pprof
+	}
+	fs, admin, pprof := newSet()
+	if err := parse(fs, nil); err != nil {
+		t.Fatal(err)
+	}
+	if *admin != "127.0.0.1:3" || !*pprof {
+		t.Errorf("admin-listen %q, pprof %v; want HERALD_DISPATCHER_ADMIN_LISTEN's 127.0.0.1:3 and HERALD_DISPATCHER_PPROF's true", *admin, *pprof)
+	}
+	fs, admin, _ = newSet()
+	if err := parse(fs, []string{"--admin-listen", "127.0.0.1:4"}); err != nil {
+		t.Fatal(err)
+	}
+	if *admin != "127.0.0.1:4" {
+		t.Errorf("admin-listen %q, want the command line's 127.0.0.1:4", *admin)
+	}
+	var usage strings.Builder
+	fs.SetOutput(&usage)
+	fs.Usage()
+	if !strings.Contains(usage.String(), "admin address (environment: HERALD_DISPATCHER_ADMIN_LISTEN)") ||
+		!strings.Contains(usage.String(), "unless its description names another variable") {
+		t.Errorf("usage does not document the flag's own variable:\n%s", usage.String())
+	}
+	t.Setenv("HERALD_DISPATCHER_PPROF", "maybe")
+	if fs, _, _ := newSet(); parse(fs, nil) == nil {
+		t.Error("a malformed HERALD_DISPATCHER_PPROF was accepted")
+	}
+	defer func() {
+		if recover() == nil {
+			t.Error("envVar of an undefined flag did not panic")
+		}
+	}()
+	newFlagSet("x", "").envVar("no-such-flag", "HERALD_X")
 }

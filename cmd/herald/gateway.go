@@ -40,6 +40,9 @@ func runGateway(ctx context.Context, args []string) error {
 	if err := parse(fs, args); err != nil {
 		return err
 	}
+	if err := c.checkDev(nil, *listen); err != nil {
+		return err
+	}
 	log, err := c.logger("gateway")
 	if err != nil {
 		return err

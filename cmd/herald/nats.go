@@ -26,23 +26,11 @@ func runNATS(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	host, portStr, err := net.SplitHostPort(*addr)
+	opts, err := natsServerOptions(*addr, *storeDir, *maxStore)
 	if err != nil {
-		return fmt.Errorf("--addr: %w", err)
+		return err
 	}
-	port, err := strconv.Atoi(portStr)
-	if err != nil {
-		return fmt.Errorf("--addr: bad port %q", portStr)
-	}
-	ns, err := server.NewServer(&server.Options{
-		ServerName:        "herald-nats",
-		Host:              host,
-		Port:              port,
-		JetStream:         true,
-		StoreDir:          *storeDir,
-		JetStreamMaxStore: *maxStore,
-		NoSigs:            true,
-	})
+	ns, err := server.NewServer(opts)
 	if err != nil {
 		return err
 	}
@@ -57,4 +45,31 @@ func runNATS(ctx context.Context, args []string) error {
 	ns.Shutdown()
 	ns.WaitForShutdown()
 	return nil
+}
+
+// natsServerOptions configures herald nats's server. It pings its clients
+// every second and drops one that leaves two pings unanswered, so a frozen
+// or cut-off gateway loses its subscriptions within seconds (and its
+// liveness probe answers "no responders": DESIGN.md) rather than after the
+// default 2 minutes.
+func natsServerOptions(addr, storeDir string, maxStore int64) (*server.Options, error) {
+	host, portStr, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, fmt.Errorf("--addr: %w", err)
+	}
+	port, err := strconv.Atoi(portStr)
+	if err != nil {
+		return nil, fmt.Errorf("--addr: bad port %q", portStr)
+	}
+	return &server.Options{
+		ServerName:        "herald-nats",
+		Host:              host,
+		Port:              port,
+		JetStream:         true,
+		StoreDir:          storeDir,
+		JetStreamMaxStore: maxStore,
+		NoSigs:            true,
+		PingInterval:      natsPingInterval,
+		MaxPingsOut:       natsMaxPingsOut,
+	}, nil
 }

@@ -14,6 +14,15 @@ import (
 	"github.com/nats-io/nats.go"
 )
 
+// The keepalive of the test servers and of Connect's clients, the same as
+// herald's (cmd/herald): a ping a second, and a peer that leaves two
+// unanswered is cut off, so a frozen or cut-off server or client is noticed
+// in 2-3s instead of the libraries' 2 minutes.
+const (
+	PingInterval = time.Second
+	MaxPingsOut  = 2
+)
+
 // Server is an in-process NATS server that can be stopped and started again
 // on the same port and store, as a restarted nats-server would be.
 type Server struct {
@@ -44,6 +53,10 @@ func run(tb testing.TB, extra *consultest.Ports, edit ...func(*server.Options)) 
 		StoreDir:   tb.TempDir(),
 		NoLog:      true,
 		NoSigs:     true,
+		// As herald nats and production servers are configured: a
+		// frozen or cut-off client is dropped within seconds.
+		PingInterval: PingInterval,
+		MaxPingsOut:  MaxPingsOut,
 	}
 	for _, e := range edit {
 		e(&opts)
@@ -131,9 +144,11 @@ func RunCluster(tb testing.TB, n int) (nodes []*Server, urls string) {
 	}
 }
 
-// Connect connects to url and closes the connection when the test ends.
+// Connect connects to url with herald's keepalive (PingInterval,
+// MaxPingsOut), then opts, and closes the connection when the test ends.
 func Connect(tb testing.TB, url string, opts ...nats.Option) *nats.Conn {
 	tb.Helper()
+	opts = append([]nats.Option{nats.PingInterval(PingInterval), nats.MaxPingsOutstanding(MaxPingsOut)}, opts...)
 	nc, err := nats.Connect(url, opts...)
 	if err != nil {
 		tb.Fatalf("inboxtest: connect %s: %v", url, err)
