@@ -46,6 +46,9 @@ func closeFor(err error) wire.Close {
 		// Perhaps expired on its way from /v1/connect: the client gets a
 		// new one, where 4003 would stop it for good.
 		return closeTokenExpired
+	case errors.Is(err, token.ErrNotYetValid):
+		// Issued a little ahead of this gateway's clock: retry.
+		return closeTokenNotYet
 	case errors.Is(err, token.ErrInvalid):
 		return closeBadToken
 	case errors.Is(err, errStaleEpoch):

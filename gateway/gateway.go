@@ -251,7 +251,7 @@ func New(cfg Config) (*Gateway, error) {
 	if err := cfg.fill(); err != nil {
 		return nil, err
 	}
-	v, err := token.NewVerifier(cfg.TokenSecrets...)
+	v, err := token.NewVerifierWith(token.Options{Secrets: cfg.TokenSecrets, Audience: cfg.TokenAudience, Issuer: cfg.TokenIssuer})
 	if err != nil {
 		return nil, fmt.Errorf("gateway: %w", err)
 	}

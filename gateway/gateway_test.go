@@ -12,6 +12,7 @@ import (
 	"github.com/coder/websocket"
 	"github.com/heraldpush/herald/gateway"
 	"github.com/heraldpush/herald/gateway/inbox"
+	"github.com/heraldpush/herald/gateway/token"
 	"github.com/heraldpush/herald/gateway/wire"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -173,8 +174,20 @@ func TestWrongGatewayMoves(t *testing.T) {
 
 func TestAuthAndBadInput(t *testing.T) {
 	c := newCluster(t, inbox.Config{})
-	c.startGateway("gw-1", func(cfg *gateway.Config) { cfg.AuthTimeout = 300 * time.Millisecond })
+	c.startGateway("gw-1", func(cfg *gateway.Config) {
+		cfg.AuthTimeout = 300 * time.Millisecond
+		cfg.TokenAudience, cfg.TokenIssuer = "herald", "https://id.example.com"
+	})
 	url := c.gws["gw-1"].url
+	sign := func(ttl time.Duration, opts ...token.SignOption) string {
+		tok, err := token.Sign(secret, "alice", ttl, opts...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tok
+	}
+	aud, iss := token.WithAudience("herald"), token.WithIssuer("https://id.example.com")
+	good := sign(time.Hour, aud, iss)
 	wrong, _ := signWith("another secret, also thirty-two bytes", "alice", time.Hour)
 	wrongExpired, _ := signWith("another secret, also thirty-two bytes", "alice", -time.Minute)
 	for _, tc := range []struct {
@@ -186,16 +199,20 @@ func TestAuthAndBadInput(t *testing.T) {
 		{"no auth frame", "", nil, wire.CloseAuthTimeout},
 		{"garbage", "{not json", nil, wire.CloseUnauthorized},
 		{"ping first", `{"type":"ping"}`, nil, wire.CloseUnauthorized},
-		{"bad signature", `{"type":"auth","token":"` + userToken(t, "alice", time.Hour)[:60] + `xx"}`, nil, wire.CloseUnauthorized},
+		{"bad signature", `{"type":"auth","token":"` + good[:60] + `xx"}`, nil, wire.CloseUnauthorized},
 		{"wrong secret", `{"type":"auth","token":"` + wrong + `"}`, nil, wire.CloseUnauthorized},
-		{"expired", `{"type":"auth","token":"` + userToken(t, "alice", -time.Minute) + `"}`, nil, wire.CloseTokenExpired},
+		{"expired", `{"type":"auth","token":"` + sign(-time.Minute, aud, iss) + `"}`, nil, wire.CloseTokenExpired},
+		{"not valid yet", `{"type":"auth","token":"` + sign(time.Hour, aud, iss, token.WithNotBefore(time.Now().Add(time.Minute))) + `"}`, nil, wire.CloseTokenExpired},
+		{"no audience", `{"type":"auth","token":"` + sign(time.Hour, iss) + `"}`, nil, wire.CloseUnauthorized},
+		{"another audience", `{"type":"auth","token":"` + sign(time.Hour, token.WithAudience("other"), iss) + `"}`, nil, wire.CloseUnauthorized},
+		{"another issuer", `{"type":"auth","token":"` + sign(time.Hour, aud, token.WithIssuer("https://evil.example.com")) + `"}`, nil, wire.CloseUnauthorized},
 		{"expired, wrong secret", `{"type":"auth","token":"` + wrongExpired + `"}`, nil, wire.CloseUnauthorized},
 		{"oversized frame", `{"type":"auth","token":"` + strings.Repeat("x", 5000) + `"}`, nil, websocket.StatusMessageTooBig},
-		{"garbage after auth", `{"type":"auth","token":"` + userToken(t, "alice", time.Hour) + `"}`,
+		{"garbage after auth", `{"type":"auth","token":"` + good + `"}`,
 			func(s *socket) { s.hello(); s.c.Write(context.Background(), websocket.MessageText, []byte("][")) }, wire.CloseBadFrame},
-		{"second auth", `{"type":"auth","token":"` + userToken(t, "alice", time.Hour) + `"}`,
+		{"second auth", `{"type":"auth","token":"` + good + `"}`,
 			func(s *socket) { s.hello(); s.send(auth(t, "alice")) }, wire.CloseBadFrame},
-		{"token expires while open", `{"type":"auth","token":"` + userToken(t, "alice", 1500*time.Millisecond) + `"}`,
+		{"token expires while open", `{"type":"auth","token":"` + sign(1500*time.Millisecond, aud, iss) + `"}`,
 			func(s *socket) { s.hello() }, wire.CloseTokenExpired},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -215,7 +232,7 @@ func TestAuthAndBadInput(t *testing.T) {
 	if st, err := storedMessages(c); err != nil || st != 0 {
 		t.Fatalf("log holds %d messages (%v), want 0", st, err)
 	}
-	s := dial(t, url, auth(t, "alice"))
+	s := dial(t, url, wire.ClientFrame{Type: wire.TypeAuth, Token: good})
 	s.hello()
 }
 

@@ -217,8 +217,14 @@ func (d *dev) gatewayChild() *child {
 	name := "gw-" + strconv.Itoa(d.nextGW)
 	port := devGateway + d.nextGW - 1 + d.offset
 	listen := fmt.Sprintf("127.0.0.1:%d", port)
-	return &child{info: childInfo{Name: name, Kind: "gateway", Ports: []int{port}, URL: "ws://" + listen + "/ws",
-		Args: []string{d.herald, "gateway", "--id", name, "--listen", listen, "--dev",
+	admin := fmt.Sprintf("127.0.0.1:%d", adminPort(port))
+	// Every client of a local cluster comes from 127.0.0.1: the cap on
+	// sockets waiting to authenticate per address would otherwise throttle
+	// a chaos run's reconnects after a crash.
+	return &child{info: childInfo{Name: name, Kind: "gateway", Ports: []int{port, adminPort(port)}, URL: "ws://" + listen + "/ws",
+		Admin: "http://" + admin,
+		Args: []string{d.herald, "gateway", "--id", name, "--listen", listen, "--admin-listen", admin, "--pprof", "--dev",
+			"--max-unauthenticated-per-addr", "5000",
 			"--nats-url", d.state.NATSURL, "--consul-addr", d.state.ConsulAddr, "--log-level", d.logLevel}}}
 }
 

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -16,6 +17,10 @@ func runGateway(ctx context.Context, args []string) error {
 	c.register(fs)
 	d := gateway.Config{}
 	listen := fs.String("listen", "127.0.0.1:7001", "WebSocket and health listen address")
+	adminListen := fs.String("admin-listen", "", "listen address of /metrics, /healthz, /readyz and, with --pprof, /debug/pprof/; keep it off the public network (default: none, and no metrics)")
+	fs.envVar("admin-listen", "HERALD_GATEWAY_ADMIN_LISTEN")
+	fs.BoolVar(&d.Pprof, "pprof", false, "serve net/http/pprof's profiles on the admin listener")
+	fs.envVar("pprof", "HERALD_GATEWAY_PPROF")
 	id := fs.String("id", "", "gateway ID, [A-Za-z0-9_-]{1,64}, unique in the cluster (default: hostname-port)")
 	fs.StringVar(&d.PublicURL, "public-url", "", "WebSocket URL clients use to reach this gateway (default: ws://<listen address>/ws)")
 	fs.IntVar(&d.Weight, "weight", 1, "ring weight, 1 to 16")
@@ -27,6 +32,11 @@ func runGateway(ctx context.Context, args []string) error {
 	fs.DurationVar(&d.WriteTimeout, "write-timeout", 0, "a write taking longer closes the socket with 4008 (default 10s)")
 	fs.DurationVar(&d.PingInterval, "ping-interval", 0, "interval of WebSocket pings (default 30s)")
 	fs.IntVar(&d.MaxSocketsPerUser, "max-sockets-per-user", 0, "sockets per user (default 8)")
+	fs.Float64Var(&d.ConnectsPerUser, "connects-per-user", 0, "each user's sustained connects per second on this gateway; more are closed with 4009 (default 1)")
+	fs.IntVar(&d.ConnectBurst, "connect-burst", 0, "each user's connect burst (default twice --max-sockets-per-user)")
+	fs.IntVar(&d.MaxUnauthenticated, "max-unauthenticated", 0, "sockets that have not sent their auth frame yet; more are closed with 1013 (default 2000)")
+	fs.IntVar(&d.MaxUnauthenticatedPerAddr, "max-unauthenticated-per-addr", 0, "sockets from one client address that have not sent their auth frame yet (default 200)")
+	trusted := fs.String("trusted-proxies", "", "comma-separated addresses or CIDRs of proxies whose X-Forwarded-For names the client address (default: none, the header is ignored)")
 	fs.IntVar(&d.MaxSockets, "max-sockets", 0, "sockets on this gateway (default 19000)")
 	fs.Int64Var(&d.MaxFrameBytes, "max-frame-bytes", 0, "largest frame a client may send (default 4096)")
 	fs.IntVar(&d.BufferSize, "buffer", 0, "recent frames kept per connected user (default 64)")
@@ -40,9 +50,14 @@ func runGateway(ctx context.Context, args []string) error {
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	if err := c.checkDev(nil, *listen); err != nil {
+	if err := c.checkDev(nil, *listen, *adminListen); err != nil {
 		return err
 	}
+	if d.Pprof && *adminListen == "" {
+		return errors.New("--pprof needs --admin-listen: profiles are served only on the admin listener")
+	}
+	d.AdminAddr, d.TrustedProxies = *adminListen, splitList(*trusted)
+	d.TokenAudience, d.TokenIssuer = c.tokenAudience, c.tokenIssuer
 	log, err := c.logger("gateway")
 	if err != nil {
 		return err
