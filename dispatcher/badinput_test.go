@@ -154,3 +154,21 @@ func TestRateLimit(t *testing.T) {
 	}
 	wantError(t, td.do("POST", "/v1/notify", `{"user":"carol","data":6}`, k3...), http.StatusTooManyRequests, CodeRateLimited)
 }
+
+// TestHandlerPanicIsA500: a panic in a request handler costs that request a
+// 500 with the usual JSON error, is counted, and the dispatcher goes on.
+func TestHandlerPanicIsA500(t *testing.T) {
+	e := newEnv(t)
+	td := e.dispatcher(func(c *Config) {
+		c.Dev, c.APIKeys = true, nil
+		c.Page = http.HandlerFunc(func(http.ResponseWriter, *http.Request) { panic("a bug") })
+		c.PagePaths = []string{"/boom"}
+	})
+	wantError(t, td.do("GET", "/boom", ""), http.StatusInternalServerError, CodeInternal)
+	if n := td.metric("herald_panics_total", "where", "http"); n != 1 {
+		t.Fatalf("herald_panics_total{where=http} = %v, want 1", n)
+	}
+	if r := td.do("GET", "/healthz", ""); r.status != http.StatusOK {
+		t.Fatalf("after the panic, /healthz = %d", r.status)
+	}
+}

@@ -24,6 +24,7 @@ type metrics struct {
 	broadcasts                   *prometheus.CounterVec // by result: sent, failed
 	rateLimited                  prometheus.Counter
 	requests                     *prometheus.CounterVec   // by route and code
+	panics                       *prometheus.CounterVec   // by where
 	latency                      *prometheus.HistogramVec // by route
 }
 
@@ -67,6 +68,10 @@ func newMetrics(d *Dispatcher, reg *prometheus.Registry) (*metrics, error) {
 			Name: "herald_http_requests_total",
 			Help: "HTTP requests by route and status code.",
 		}, []string{"route", "code"}),
+		panics: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "herald_panics_total",
+			Help: "Panics recovered, by where they happened (http: a request handler, answered 500).",
+		}, []string{"where"}),
 		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "herald_http_request_duration_seconds",
 			Help:    "HTTP request latency by route.",
@@ -88,11 +93,15 @@ func newMetrics(d *Dispatcher, reg *prometheus.Registry) (*metrics, error) {
 		return 0
 	}
 	cs := []prometheus.Collector{
-		m.notifications, m.duplicates, m.doorbells, m.waits, m.graceDoorbells, m.connectHolds, m.broadcasts, m.rateLimited, m.requests, m.latency,
+		m.notifications, m.duplicates, m.doorbells, m.waits, m.graceDoorbells, m.connectHolds, m.broadcasts, m.rateLimited, m.requests, m.panics, m.latency,
 		prometheus.NewCounterFunc(prometheus.CounterOpts{
 			Name: "herald_append_conflicts_total",
 			Help: "Appends that found another message at the user's head (another writer, or a stale cached head).",
 		}, func() float64 { return float64(d.logStats().Conflicts) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "herald_log_epochs_recorded_total",
+			Help: "New epochs this dispatcher recorded because the log went backwards (it lost an acknowledged tail).",
+		}, func() float64 { return float64(d.logStats().NewEpochs) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{
 			Name: "herald_append_retries_total",
 			Help: "Append attempts beyond the first.",

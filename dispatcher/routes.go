@@ -1,8 +1,10 @@
 package dispatcher
 
 import (
+	"fmt"
 	"net/http"
 	"net/http/pprof"
+	"runtime/debug"
 	"slices"
 	"strconv"
 	"strings"
@@ -126,6 +128,7 @@ func (rt *router) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 		d.metrics.requests.WithLabelValues(label, strconv.Itoa(rec.status)).Inc()
 		d.metrics.latency.WithLabelValues(label).Observe(time.Since(start).Seconds())
 	}()
+	defer d.recoverRequest(rec, req)
 
 	r := rt.routes[req.URL.Path]
 	if r == nil {
@@ -168,3 +171,21 @@ func (s *statusRecorder) Write(b []byte) (int, error) {
 // Unwrap lets http.ResponseController reach the connection (flushes,
 // deadlines).
 func (s *statusRecorder) Unwrap() http.ResponseWriter { return s.ResponseWriter }
+
+// recoverRequest, deferred, turns a handler's panic into a 500 for that
+// request alone, logged with its stack and counted. http.ErrAbortHandler is
+// net/http's own way to abort a response, not a bug: it goes on up.
+func (d *Dispatcher) recoverRequest(w *statusRecorder, req *http.Request) {
+	v := recover()
+	if v == nil {
+		return
+	}
+	if v == http.ErrAbortHandler {
+		panic(v)
+	}
+	d.metrics.panics.WithLabelValues("http").Inc()
+	d.log.Error("recovered a panic in a request handler", "route", req.URL.Path, "panic", fmt.Sprint(v), "stack", string(debug.Stack()))
+	if !w.wroteHeader {
+		d.writeError(w, req, errorf(CodeInternal, "an internal error; nothing was changed by this request unless its answer says so"))
+	}
+}
