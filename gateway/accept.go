@@ -54,7 +54,7 @@ func (g *Gateway) accept(c conn, peer string) (_ *session, first [][]byte, frame
 	switch {
 	case !g.serve.Load() || !g.jsOK.Load():
 		return nil, nil, nil, closeNotReady
-	case g.fenced.Load():
+	case g.place.fenced.Load():
 		return nil, nil, nil, closeFenced
 	}
 	release, err := g.edge.enter(peer)
@@ -107,10 +107,10 @@ func (g *Gateway) accept(c conn, peer string) (_ *session, first [][]byte, frame
 	}
 	// A move or fence planned while this socket was joining did not see
 	// it: judge it now that it is attached, and every later plan will.
-	if owner, ok := g.placement().Owner(user); g.fenced.Load() || !ok || owner.ID != g.cfg.ID {
+	if owner, ok := g.place.current().Owner(user); g.place.fenced.Load() || !ok || owner.ID != g.cfg.ID {
 		g.users.leave(h, s)
 		switch {
-		case g.fenced.Load():
+		case g.place.fenced.Load():
 			return nil, nil, nil, closeFenced
 		case !ok:
 			return nil, nil, nil, closeNoOwner
@@ -155,7 +155,7 @@ func (g *Gateway) owner(ctx context.Context, user, clientRing string) (ring.Memb
 	defer deadline.Stop()
 	for {
 		r, changed := g.watcher.Ring()
-		m, ok := g.placementOf(r).Owner(user)
+		m, ok := g.place.of(r).Owner(user)
 		if !ok || m.ID == g.cfg.ID || clientRing == "" || clientRing == r.Fingerprint() {
 			return m, ok
 		}

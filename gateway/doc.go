@@ -17,8 +17,8 @@
 //     user's delivery state, one socket's cursor, reader and writer. They
 //     read the log through logReader and write through conn, interfaces they
 //     own, so they are unit-tested without NATS.
-//   - placement.go: the ring view, moves after a ring change or a drain, and
-//     self-fencing.
+//   - placement.go: placement, which owns the ring view, the moves after a
+//     ring change or a drain, and self-fencing.
 //   - nats.go: the NATS handlers: doorbells, broadcasts, stats, liveness.
 //   - monitor.go: periodic work: the epoch, anti-entropy, slow writes.
 //   - gateway.go, tasks.go, http.go: the lifecycle — Config, New, Run, drain,
@@ -62,8 +62,8 @@
 //
 // Lock order: users.mu before hub.mu. users.mu guards the hubs map and the
 // socket count; hub.mu guards everything in a hub and its sessions'
-// cursors, and is always released with defer. Gateway.moveMu guards the
-// planned moves; Gateway.mu the open connections; edge.mu the edge's
-// counts. No lock is held across network I/O: the hub copies what a writer
+// cursors, and is always released with defer. Gateway.mu guards the open
+// connections; edge.mu the edge's counts. No lock is held across network I/O: the hub copies what a writer
 // needs and releases the lock before writing or reading the log.
+// placement.mu guards the planned moves and the ring without this gateway.
 package gateway

@@ -220,6 +220,7 @@ type Gateway struct {
 	probe    consul.Probe
 	m        *metrics
 	users    *users
+	place    *placement
 	edge     *edge
 	tasks    *tasks
 	epochs   epochGate
@@ -232,14 +233,8 @@ type Gateway struct {
 	serve atomic.Bool                       // accepting sockets
 	wake  chan struct{}                     // asks the monitor for an epoch check now
 
-	draining  atomic.Bool   // leaving: placement excludes this gateway
-	fenced    atomic.Bool   // cut off from NATS while the others pass
 	drainReq  chan struct{} // closed by Drain
 	drainOnce sync.Once
-
-	moveMu  sync.Mutex           // guards due and without
-	due     map[string]time.Time // user → when to move it
-	without struct{ from, ring *ring.Ring }
 
 	mu       sync.Mutex // guards the following
 	open     map[conn]struct{}
@@ -265,7 +260,6 @@ func New(cfg Config) (*Gateway, error) {
 		wake:     make(chan struct{}, 1),
 		open:     make(map[conn]struct{}),
 		drainReq: make(chan struct{}),
-		due:      make(map[string]time.Time),
 	}
 	g.link = consul.NewLink(cfg.NATS)
 	g.probe = consul.NATSProbe(g.link, wire.LiveSubject)
@@ -290,6 +284,8 @@ func New(cfg Config) (*Gateway, error) {
 	u := newUsers(&g.cfg, g.log, g.m, g.tasks)
 	u.epoch, u.confirm, u.epochChanged, u.respond = g.currentEpoch, g.epochs.check, g.checkEpochSoon, g.respond
 	g.users = u
+	g.place = &placement{cfg: &g.cfg, log: g.log, m: g.m, users: u, watcher: g.watcher, link: g.link, tasks: g.tasks,
+		due: make(map[string]time.Time)}
 	return g, nil
 }
 
@@ -357,7 +353,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 	eg.Go(func() error { return g.start(ctx) })
 	eg.Go(func() error { g.monitor(ctx); return nil })
 	eg.Go(func() error { g.watchLink(ctx); return nil })
-	eg.Go(func() error { g.mover(ctx); return nil })
+	eg.Go(func() error { g.place.run(ctx); return nil })
 
 	select {
 	case <-ctx.Done():
@@ -403,7 +399,7 @@ func (g *Gateway) drain(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(ctx, g.cfg.DrainTimeout)
 	defer cancel()
 	g.log.Info("draining")
-	g.draining.Store(true)
+	g.place.draining.Store(true)
 	if reg := g.reg.Load(); reg != nil {
 		if err := reg.Close(); err != nil {
 			g.log.Warn("deregister", "error", err)
@@ -415,7 +411,7 @@ func (g *Gateway) drain(ctx context.Context) {
 	if !sleep(ctx, g.cfg.DrainConverge) {
 		return
 	}
-	g.planMoves("drain")
+	g.place.plan("drain")
 	for sockets, _ := g.users.counts(); sockets > 0; sockets, _ = g.users.counts() {
 		if !sleep(ctx, 50*time.Millisecond) {
 			g.log.Warn("drain timed out; closing the rest", "sockets", sockets)

@@ -78,11 +78,11 @@ func (g *Gateway) handleReady(w http.ResponseWriter, r *http.Request) {
 		"consul_degraded": ws.Degraded,
 		"held":            ws.Held,
 		"epoch":           g.currentEpoch(),
-		"fenced":          g.fenced.Load(),
-		"draining":        g.draining.Load(),
+		"fenced":          g.place.fenced.Load(),
+		"draining":        g.place.draining.Load(),
 	}
 	status := http.StatusOK
-	if err := g.health(); err != nil || !g.serve.Load() || g.fenced.Load() || g.draining.Load() {
+	if err := g.health(); err != nil || !g.serve.Load() || g.place.fenced.Load() || g.place.draining.Load() {
 		status = http.StatusServiceUnavailable
 		if err != nil {
 			body["error"] = err.Error()

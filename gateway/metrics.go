@@ -73,9 +73,9 @@ func (g *Gateway) registerGauges() {
 	f.counterFunc("herald_liveness_probes_total", "Liveness probes the watcher sent.", func() float64 { return float64(g.watcher.Status().Probes) })
 	f.gaugeFunc("herald_consul_degraded", "1 while Consul is unreachable and the last ring is kept.", func() float64 { return b2f(g.watcher.Status().Degraded) })
 	f.gaugeFunc("herald_nats_connected", "1 while NATS is connected.", func() float64 { return b2f(g.cfg.NATS.IsConnected()) })
-	f.gaugeFunc("herald_moves_pending", "Moves scheduled and not yet sent.", func() float64 { return float64(g.pendingMoves()) })
-	f.gaugeFunc("herald_fenced", "1 while fenced: cut off from NATS while the other gateways pass.", func() float64 { return b2f(g.fenced.Load()) })
-	f.gaugeFunc("herald_draining", "1 while draining.", func() float64 { return b2f(g.draining.Load()) })
+	f.gaugeFunc("herald_moves_pending", "Moves scheduled and not yet sent.", func() float64 { return float64(g.place.pending()) })
+	f.gaugeFunc("herald_fenced", "1 while fenced: cut off from NATS while the other gateways pass.", func() float64 { return b2f(g.place.fenced.Load()) })
+	f.gaugeFunc("herald_draining", "1 while draining.", func() float64 { return b2f(g.place.draining.Load()) })
 	f.gaugeFunc("herald_jetstream_ok", "1 while JetStream answers.", func() float64 { return b2f(g.jsOK.Load()) })
 }
 

@@ -38,7 +38,7 @@ func (g *Gateway) watchLink(ctx context.Context) {
 					reg.Check()
 				}
 			}
-			g.fence()
+			g.place.fence(g.reg.Load() != nil)
 		}()
 	}
 }
@@ -107,7 +107,7 @@ func (g *Gateway) monitor(ctx context.Context) {
 			if r, _ := g.watcher.Ring(); r != ring {
 				ring = r
 				pass("ring change")
-				g.planMoves("ring change")
+				g.place.plan("ring change")
 			}
 			if now.After(nextPass) {
 				pass("periodic")

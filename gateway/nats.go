@@ -105,7 +105,7 @@ func (g *Gateway) onStats(m *nats.Msg) {
 // a previous owner's pending moves keep it rung during a drain.
 func (g *Gateway) stats() wire.GatewayStats {
 	sockets, users := g.users.counts()
-	return wire.GatewayStats{Gateway: g.cfg.ID, Sockets: sockets, Users: users, MovesPending: g.pendingMoves()}
+	return wire.GatewayStats{Gateway: g.cfg.ID, Sockets: sockets, Users: users, MovesPending: g.place.pending()}
 }
 
 // answerLiveness answers a liveness probe with this process's nonce and

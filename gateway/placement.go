@@ -2,16 +2,19 @@ package gateway
 
 import (
 	"context"
+	"log/slog"
 	"math/rand/v2"
 	"slices"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/heraldpush/herald/ring"
 	"github.com/heraldpush/herald/ring/consul"
 )
 
-// Placement: which users this gateway should hold, and sending away the
-// ones it should not.
+// placement decides which users this gateway should hold, and sends away
+// the ones it should not.
 //
 // When the ring changes, each local user the gateway no longer owns is sent
 // to its new owner: a moved frame, then close 4001. Moves are spread with
@@ -23,6 +26,22 @@ import (
 // The same pacing serves drain (the ring is then read without this
 // gateway) and self-fencing (sockets are closed with 1013 instead: a
 // gateway cut off from NATS cannot deliver, and does not know who can).
+type placement struct {
+	cfg     *Config // read-only
+	log     *slog.Logger
+	m       *metrics
+	users   *users
+	watcher *consul.Watcher
+	link    *consul.Link
+	tasks   *tasks
+
+	draining atomic.Bool // leaving: the ring is read without this gateway
+	fenced   atomic.Bool // cut off from NATS while the others pass
+
+	mu      sync.Mutex           // guards due and without
+	due     map[string]time.Time // user → when to move it
+	without struct{ from, ring *ring.Ring }
+}
 
 // moveTick is how often the mover looks for due moves.
 const moveTick = 50 * time.Millisecond
@@ -31,70 +50,74 @@ const moveTick = 50 * time.Millisecond
 // before it fences itself. A reconnect within it fences nothing.
 const fenceAfter = 3 * time.Second
 
-// placement is the ring ownership is judged by: the current ring, or while
-// draining the current ring without this gateway, which the others will
-// converge on.
-func (g *Gateway) placement() *ring.Ring { return g.placementOf(g.Ring()) }
+// current is the ring ownership is judged by: the watcher's ring, or while
+// draining that ring without this gateway, which the others will converge
+// on.
+func (p *placement) current() *ring.Ring {
+	r, _ := p.watcher.Ring()
+	return p.of(r)
+}
 
-func (g *Gateway) placementOf(r *ring.Ring) *ring.Ring {
-	if !g.draining.Load() {
+// of is r as ownership is judged by it.
+func (p *placement) of(r *ring.Ring) *ring.Ring {
+	if !p.draining.Load() {
 		return r
 	}
-	if _, in := r.Member(g.cfg.ID); !in {
+	if _, in := r.Member(p.cfg.ID); !in {
 		return r
 	}
-	g.moveMu.Lock()
-	defer g.moveMu.Unlock()
-	if g.without.from != r {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.without.from != r {
 		var ms []ring.Member
 		for _, m := range r.Members() {
-			if m.ID != g.cfg.ID {
+			if m.ID != p.cfg.ID {
 				ms = append(ms, m)
 			}
 		}
 		w, err := ring.New(r.VNodes(), ms)
 		if err != nil { // members of a valid ring: cannot happen
-			g.log.Error("ring without this gateway", "error", err)
+			p.log.Error("ring without this gateway", "error", err)
 			return r
 		}
-		g.without.from, g.without.ring = r, w
+		p.without.from, p.without.ring = r, w
 	}
-	return g.without.ring
+	return p.without.ring
 }
 
-// planMoves schedules a move, somewhere within MoveWindow, for every local
-// user this gateway does not own under the current placement (every user,
-// while fenced). A user already scheduled keeps its earlier time.
-func (g *Gateway) planMoves(why string) {
+// plan schedules a move, somewhere within MoveWindow, for every local user
+// this gateway does not own under the current ring (every user, while
+// fenced). A user already scheduled keeps its earlier time.
+func (p *placement) plan(why string) {
 	now := time.Now()
-	users := g.users.names()
-	placement := g.placement()
-	fenced := g.fenced.Load()
-	g.moveMu.Lock()
-	defer g.moveMu.Unlock()
+	users := p.users.names()
+	r := p.current()
+	fenced := p.fenced.Load()
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	n := 0
 	for _, u := range users {
 		if !fenced {
-			if owner, ok := placement.Owner(u); ok && owner.ID == g.cfg.ID {
+			if owner, ok := r.Owner(u); ok && owner.ID == p.cfg.ID {
 				continue
 			}
 		}
-		at := now.Add(time.Duration(rand.Int64N(int64(g.cfg.MoveWindow) + 1)))
-		if old, ok := g.due[u]; !ok || at.Before(old) {
-			g.due[u] = at
+		at := now.Add(time.Duration(rand.Int64N(int64(p.cfg.MoveWindow) + 1)))
+		if old, ok := p.due[u]; !ok || at.Before(old) {
+			p.due[u] = at
 		}
 		n++
 	}
 	if n > 0 {
-		g.log.Info("moving users", "why", why, "users", n, "window", g.cfg.MoveWindow)
+		p.log.Info("moving users", "why", why, "users", n, "window", p.cfg.MoveWindow)
 	}
 }
 
-// mover sends due moves until ctx ends, at most MovesPerSecond.
-func (g *Gateway) mover(ctx context.Context) {
+// run sends due moves until ctx ends, at most MovesPerSecond.
+func (p *placement) run(ctx context.Context) {
 	t := time.NewTicker(moveTick)
 	defer t.Stop()
-	perTick := max(1, int(float64(g.cfg.MovesPerSecond)*moveTick.Seconds()))
+	perTick := max(1, int(float64(p.cfg.MovesPerSecond)*moveTick.Seconds()))
 	for {
 		select {
 		case <-ctx.Done():
@@ -103,40 +126,40 @@ func (g *Gateway) mover(ctx context.Context) {
 		}
 		now := time.Now()
 		var batch []string
-		g.moveMu.Lock()
-		for u, at := range g.due {
+		p.mu.Lock()
+		for u, at := range p.due {
 			if len(batch) == perTick {
 				break
 			}
 			if !at.After(now) {
 				batch = append(batch, u)
-				delete(g.due, u)
+				delete(p.due, u)
 			}
 		}
-		g.moveMu.Unlock()
+		p.mu.Unlock()
 		for _, u := range batch {
-			g.moveNow(u)
+			p.moveNow(u)
 		}
 	}
 }
 
 // moveNow re-checks the user's owner and, if it is still another gateway,
 // moves the user's sockets there; while fenced it closes them with 1013.
-func (g *Gateway) moveNow(user string) {
-	defer g.tasks.recover("mover", nil)
-	h := g.users.hub(user)
+func (p *placement) moveNow(user string) {
+	defer p.tasks.recover("mover", nil)
+	h := p.users.hub(user)
 	if h == nil {
 		return // gone already
 	}
-	if g.fenced.Load() {
-		g.m.moves.WithLabelValues("fence").Inc()
+	if p.fenced.Load() {
+		p.m.moves.WithLabelValues("fence").Inc()
 		h.closeAll(nil, closeFenced)
 		return
 	}
-	owner, ok := g.placement().Owner(user)
+	owner, ok := p.current().Owner(user)
 	switch {
-	case ok && owner.ID == g.cfg.ID:
-		g.m.movesCancelled.Inc() // the ring changed back
+	case ok && owner.ID == p.cfg.ID:
+		p.m.movesCancelled.Inc() // the ring changed back
 		return
 	case !ok:
 		// Nobody to move to: the clients retry through /v1/connect.
@@ -144,18 +167,18 @@ func (g *Gateway) moveNow(user string) {
 		return
 	}
 	cause := "ring"
-	if g.draining.Load() {
+	if p.draining.Load() {
 		cause = "drain"
 	}
-	g.m.moves.WithLabelValues(cause).Inc()
+	p.m.moves.WithLabelValues(cause).Inc()
 	h.closeAll(moved(owner.URL))
 }
 
-// pendingMoves is how many moves are scheduled and not yet sent.
-func (g *Gateway) pendingMoves() int {
-	g.moveMu.Lock()
-	defer g.moveMu.Unlock()
-	return len(g.due)
+// pending is how many moves are scheduled and not yet sent.
+func (p *placement) pending() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.due)
 }
 
 // fence decides whether the gateway fences itself: its NATS connection has
@@ -165,42 +188,40 @@ func (g *Gateway) pendingMoves() int {
 // will route its users elsewhere once their watchers find it gone, so its
 // sockets are closed with 1013, paced, and it accepts none. When NATS is
 // down everywhere the others fail too and nobody fences; Consul alone being
-// unreachable never fences. It unfences as soon as NATS is back.
-func (g *Gateway) fence() {
-	if g.reg.Load() == nil || g.draining.Load() {
+// unreachable never fences. It unfences as soon as NATS is back. A gateway
+// not registered yet, or draining, does not fence.
+func (p *placement) fence(registered bool) {
+	if !registered || p.draining.Load() {
 		return
 	}
-	down := g.link.Down()
-	cut := g.fenced.Load() && down > 0 // stays fenced until NATS is back
+	down := p.link.Down()
+	cut := p.fenced.Load() && down > 0 // stays fenced until NATS is back
 	if !cut && down >= fenceAfter {
-		cut = g.othersPass()
+		cut = p.othersPass()
 	}
-	if cut == g.fenced.Load() {
+	if cut == p.fenced.Load() {
 		return
 	}
-	g.fenced.Store(cut)
+	p.fenced.Store(cut)
 	if cut {
-		g.log.Warn("NATS unreachable while the other gateways pass; closing every socket", "down_for", down.Round(time.Millisecond))
-		g.planMoves("fenced")
+		p.log.Warn("NATS unreachable while the other gateways pass; closing every socket", "down_for", down.Round(time.Millisecond))
+		p.plan("fenced")
 	} else {
-		g.log.Info("NATS reachable again; accepting sockets")
+		p.log.Info("NATS reachable again; accepting sockets")
 	}
 }
 
 // othersPass reports whether more than half of the ring's other members
 // pass in Consul, by a watcher that can currently reach Consul.
-func (g *Gateway) othersPass() bool {
-	st := g.watcher.Status()
+func (p *placement) othersPass() bool {
+	st := p.watcher.Status()
 	if st.Degraded {
 		return false
 	}
-	return othersPassing(g.Ring(), g.cfg.ID, st)
-}
-
-func othersPassing(r *ring.Ring, self string, st consul.Status) bool {
+	r, _ := p.watcher.Ring()
 	others, passing := 0, 0
 	for _, m := range r.Members() {
-		if m.ID == self {
+		if m.ID == p.cfg.ID {
 			continue
 		}
 		others++
