@@ -62,8 +62,9 @@
 //
 // Lock order: users.mu before hub.mu. users.mu guards the hubs map and the
 // socket count; hub.mu guards everything in a hub and its sessions'
-// cursors, and is always released with defer. Gateway.mu guards the open
-// connections; edge.mu the edge's counts. No lock is held across network I/O: the hub copies what a writer
-// needs and releases the lock before writing or reading the log.
-// placement.mu guards the planned moves and the ring without this gateway.
+// cursors, and is always released with defer. placement.mu guards the
+// planned moves and the ring without this gateway; Gateway.mu the open
+// connections; edge.mu the edge's counts. No lock is held across network
+// I/O: the hub copies what a writer needs and releases the lock before
+// writing or reading the log.
 package gateway
