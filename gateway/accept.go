@@ -92,6 +92,18 @@ func (g *Gateway) accept(c conn, peer string) (_ *session, first [][]byte, frame
 	if err != nil {
 		return nil, nil, nil, closeFor(err)
 	}
+	attached := false
+	defer func() {
+		if attached {
+			return
+		}
+		if v := recover(); v != nil {
+			// The place join reserved must not leak: the hub would stay,
+			// and the user would reach the socket limit for good.
+			g.users.leave(h, nil)
+			panic(v) // on to handleWS, which counts it
+		}
+	}()
 	// Where the socket resumes is decided before it joins the hub's
 	// sessions, so a refusal can still close it cleanly.
 	st, err := h.startAt(ctx, f.Since, f.Epoch)
@@ -105,6 +117,7 @@ func (g *Gateway) accept(c conn, peer string) (_ *session, first [][]byte, frame
 		g.users.leave(h, nil)
 		return nil, nil, nil, closeFor(err)
 	}
+	attached = true
 	// A move or fence planned while this socket was joining did not see
 	// it: judge it now that it is attached, and every later plan will.
 	if owner, ok := g.place.current().Owner(user); g.place.fenced.Load() || !ok || owner.ID != g.cfg.ID {

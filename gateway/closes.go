@@ -75,8 +75,16 @@ func (g *Gateway) refuse(c conn, frame []byte, cl wire.Close) {
 		g.m.countClose(cl) // the auth timer has sent it
 		return
 	}
-	g.m.closeSocket(c, frame, cl, g.cfg.WriteTimeout)
+	// A peer that never answers the close would hold the socket for the
+	// handshake's 10 s, uncounted by the edge's caps: a refused socket gets
+	// refuseGrace, then it is cut.
+	cut := g.tasks.afterFunc(refuseGrace, "socket", func() { c.CloseNow() })
+	defer cut.Stop()
+	g.m.closeSocket(c, frame, cl, refuseGrace)
 }
+
+// refuseGrace bounds the closing handshake of a refused socket.
+const refuseGrace = time.Second
 
 // sendClose starts the closing handshake with cl, uncounted: the auth
 // timer's, which refuse counts.

@@ -322,11 +322,12 @@ func (g *Gateway) Run(ctx context.Context) error {
 		}
 		return err
 	}
-	defer func() {
+	unsubscribe := func() {
 		for _, s := range subs {
 			s.Unsubscribe()
 		}
-	}()
+	}
+	defer unsubscribe() // Unsubscribe twice is harmless
 
 	srv := g.newServer(g.publicRoutes())
 	servers := []*http.Server{srv}
@@ -363,6 +364,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 	g.shutdown(servers)
 	stop() // stops the goroutines of a gateway that drained
 	err = eg.Wait()
+	unsubscribe() // no NATS callback runs once the counted goroutines are waited for
 	g.stopSockets()
 	return err
 }
@@ -399,15 +401,7 @@ func (g *Gateway) drain(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(ctx, g.cfg.DrainTimeout)
 	defer cancel()
 	g.log.Info("draining")
-	g.place.draining.Store(true)
-	if reg := g.reg.Load(); reg != nil {
-		if err := reg.Close(); err != nil {
-			g.log.Warn("deregister", "error", err)
-		}
-	}
-	if s := g.live.Load(); s != nil {
-		s.Unsubscribe()
-	}
+	g.leave(func() { g.place.draining.Store(true) })
 	if !sleep(ctx, g.cfg.DrainConverge) {
 		return
 	}
@@ -459,7 +453,10 @@ func (g *Gateway) start(ctx context.Context) error {
 			return fmt.Errorf("gateway: %w", err)
 		}
 		if err == nil {
-			g.reg.Store(reg)
+			if !g.keep(func() { g.reg.Store(reg) }) {
+				reg.Close() // draining or stopping meanwhile: leave at once
+				return nil
+			}
 			break
 		}
 		g.log.Warn("cannot register in Consul yet", "error", err)
@@ -471,7 +468,10 @@ func (g *Gateway) start(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("gateway: subscribe liveness: %w", err)
 	}
-	g.live.Store(live)
+	if !g.keep(func() { g.live.Store(live) }) {
+		live.Unsubscribe()
+		return nil
+	}
 	g.serve.Store(true)
 	g.log.Info("gateway serving", "url", g.cfg.PublicURL, "instance", g.instance)
 	<-ctx.Done()
@@ -498,14 +498,7 @@ func (g *Gateway) health() error {
 // servers.
 func (g *Gateway) shutdown(servers []*http.Server) {
 	g.serve.Store(false)
-	if reg := g.reg.Load(); reg != nil {
-		if err := reg.Close(); err != nil {
-			g.log.Warn("deregister", "error", err)
-		}
-	}
-	g.mu.Lock()
-	g.stopping = true
-	g.mu.Unlock()
+	g.leave(func() { g.stopping = true })
 	for _, h := range g.users.list() {
 		h.closeAll(nil, closeShutdown)
 	}
@@ -531,6 +524,38 @@ func (g *Gateway) stopSockets() {
 	}
 	g.mu.Unlock()
 	g.tasks.wait(0)
+}
+
+// keep stores what start has claimed (the registration, the liveness
+// responder) unless the gateway is leaving: false then, and the caller
+// gives it up at once. g.mu orders it against leave, so a registration
+// that completes while a drain or shutdown begins is never left behind.
+func (g *Gateway) keep(store func()) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.stopping || g.place.draining.Load() {
+		return false
+	}
+	store()
+	return true
+}
+
+// leave marks the gateway leaving (mark runs under g.mu), then deregisters
+// and stops answering liveness, so that watchers drop it at once rather
+// than hold it.
+func (g *Gateway) leave(mark func()) {
+	g.mu.Lock()
+	mark()
+	reg, live := g.reg.Load(), g.live.Load()
+	g.mu.Unlock()
+	if reg != nil {
+		if err := reg.Close(); err != nil {
+			g.log.Warn("deregister", "error", err)
+		}
+	}
+	if live != nil {
+		live.Unsubscribe()
+	}
 }
 
 // track remembers an accepted connection so shutdown can close it; false

@@ -15,7 +15,6 @@ import (
 // sent, which sessions turn into a gap.
 type entry struct {
 	seq, prev uint64 // prev: the message's Herald-Prev
-	hubPrev   uint64 // the hub's head before it took the message
 	ts        time.Time
 	frame     []byte
 }
@@ -70,6 +69,10 @@ type hub struct {
 // Doorbells that arrive meanwhile wait in pending: the hub is in the map,
 // so nothing is missed.
 func (h *hub) init(ctx context.Context) {
+	h.mu.Lock()
+	h.initErr = errNotReady // what the joiners see if init panics
+	h.mu.Unlock()
+	defer close(h.ready)
 	epoch := h.u.epoch()
 	var (
 		last  inbox.Message
@@ -87,7 +90,6 @@ func (h *hub) init(ctx context.Context) {
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	defer close(h.ready)
 	if err != nil {
 		h.initErr = err
 		return
@@ -102,6 +104,7 @@ func (h *hub) init(ctx context.Context) {
 		h.doorbellLocked(d)
 	}
 	h.startRepair() // for a want raised while pending was full
+	h.initErr = nil
 }
 
 // sameEpoch confirms that what the caller has just read came from the
@@ -183,7 +186,6 @@ func (h *hub) doorbellLocked(d wire.Doorbell) {
 // the newest), so trimming costs one copy per many messages, not one each.
 // h.mu is held.
 func (h *hub) push(e entry) {
-	e.hubPrev = h.head
 	h.buf = append(h.buf, e)
 	h.bufBytes += len(e.frame)
 	if n, max := h.u.cfg.BufferSize, h.u.cfg.BufferBytes; len(h.buf) > 2*n || h.bufBytes > max {
@@ -461,6 +463,12 @@ func (h *hub) startAt(ctx context.Context, since uint64, epoch string) (start, e
 	}
 	h.u.m.logReads.WithLabelValues("init").Inc()
 	first, err := l.ReadAfter(ctx, h.user, 0, 1)
+	if err == nil && len(first) == 0 && head > 0 {
+		// The hub has seen messages: a replica that has none may lag, and
+		// believing it would skip every retained message.
+		h.u.m.logReads.WithLabelValues("leader").Inc()
+		first, err = l.ReadAfterLeader(ctx, h.user, 0, 1)
+	}
 	if err == nil {
 		err = h.sameEpoch(ctx, cur)
 	}

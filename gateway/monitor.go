@@ -231,6 +231,21 @@ type epochRound struct {
 // epochTimeout bounds one refresh.
 const epochTimeout = 2 * time.Second
 
+// run runs round r and ends it, whatever the refresh does: a refresh that
+// panicked must not leave every reader waiting for a round that never ends.
+func (e *epochGate) run(ctx context.Context, r *epochRound) {
+	defer func() {
+		e.mu.Lock()
+		e.cur = nil
+		e.mu.Unlock()
+		close(r.done)
+	}()
+	r.err = errNotReady // if the refresh panics
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), epochTimeout)
+	defer cancel()
+	r.epoch, r.err = e.refresh(rctx)
+}
+
 func (e *epochGate) check(ctx context.Context) (string, error) {
 	e.mu.Lock()
 	after := e.started // a round numbered above this began after the call
@@ -240,13 +255,7 @@ func (e *epochGate) check(ctx context.Context) (string, error) {
 			r := &epochRound{n: e.started, done: make(chan struct{})}
 			e.cur = r
 			e.mu.Unlock()
-			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), epochTimeout)
-			r.epoch, r.err = e.refresh(rctx)
-			cancel()
-			e.mu.Lock()
-			e.cur = nil
-			e.mu.Unlock()
-			close(r.done)
+			e.run(ctx, r)
 			return r.epoch, r.err
 		}
 		r := e.cur

@@ -69,19 +69,22 @@ func (s *session) run(first [][]byte, expires time.Time) {
 	defer expiry.Stop()
 
 	wctx, stopWriter := context.WithCancel(context.Background())
+	defer stopWriter()
 	writerDone := make(chan struct{})
 	if !u.tasks.goNamed("session", func() {
 		defer close(writerDone)
 		defer u.tasks.recover("session", func() { s.c.CloseNow() })
 		s.write(wctx)
 	}) {
-		stopWriter()
 		return // the gateway is stopping
 	}
+	// Deferred, so that a panic in the reader stops the writer too.
+	defer func() {
+		stopWriter()
+		s.c.CloseNow() // ends a writer blocked in a write; a no-op after a clean close
+		<-writerDone
+	}()
 	s.read()
-	stopWriter()
-	s.c.CloseNow() // ends a writer blocked in a write; a no-op after a clean close
-	<-writerDone
 }
 
 // read handles the client's frames: acks and pings. A malformed frame closes
@@ -258,8 +261,8 @@ func (b *batch) notifications() int {
 // it: its frame, after a gap if it does not follow the cursor; a hole (nil
 // frame: a message that cannot be sent) becomes a gap that ends past it.
 // h.mu is held.
-func (s *session) step(b *batch, seq, prev, hubPrev uint64, frame []byte, live int64) {
-	if after, gap := s.gapBefore(seq, prev, hubPrev); gap {
+func (s *session) step(b *batch, seq, prev uint64, frame []byte, live int64) {
+	if after, gap := s.gapBefore(seq, prev); gap {
 		s.h.u.m.gaps.Inc()
 		b.addGap(s.h.epoch, after, seq)
 	}
@@ -302,7 +305,9 @@ func (s *session) next(ctx context.Context) (batch, error) {
 	// evicted; a replica that lags would make that look like a gap, so
 	// readAfter asks the leader before believing it.
 	msgs, err := readAfter(ctx, u, l, h.user, cursor, "replay")
-	if err == nil && len(msgs) > 0 {
+	if err == nil {
+		// Even an empty answer moves the cursor (what it lacks is gone):
+		// it must come from this hub's stream too.
 		err = h.sameEpoch(ctx, epoch)
 	}
 	<-u.replays
@@ -324,7 +329,7 @@ func (s *session) fromBuffer() (batch, bool) {
 	}
 	var b batch
 	for _, e := range entries {
-		s.step(&b, e.seq, e.prev, e.hubPrev, e.frame, e.ts.UnixNano())
+		s.step(&b, e.seq, e.prev, e.frame, e.ts.UnixNano())
 	}
 	b.flushGap()
 	return b, true
@@ -341,7 +346,7 @@ func (s *session) fromLog(msgs []inbox.Message) batch {
 		// lags): continue from the buffer, whose first entry shows the gap.
 		for _, e := range h.buf {
 			if e.seq > s.cursor {
-				s.step(&b, e.seq, e.prev, e.hubPrev, e.frame, e.ts.UnixNano())
+				s.step(&b, e.seq, e.prev, e.frame, e.ts.UnixNano())
 			}
 		}
 		if len(b.frames) == 0 && b.gap == nil && h.base > s.cursor {
@@ -360,7 +365,7 @@ func (s *session) fromLog(msgs []inbox.Message) batch {
 		if m.Seq <= s.cursor {
 			continue // the cursor moved on while the log was read
 		}
-		s.step(&b, m.Seq, m.Prev, notFromHub, h.u.frame(h.epoch, h.user, m), 0)
+		s.step(&b, m.Seq, m.Prev, h.u.frame(h.epoch, h.user, m), 0)
 	}
 	b.flushGap()
 	u := h.u
@@ -368,23 +373,18 @@ func (s *session) fromLog(msgs []inbox.Message) batch {
 	return b
 }
 
-// notFromHub is the hubPrev of a message read from the log for one session:
-// no hub vouches for what came before it.
-const notFromHub = ^uint64(0)
-
 // gapBefore reports whether the message at seq, whose predecessor in the
 // log was prev, leaves a gap after the session's cursor, and where the gap
-// begins; hubPrev is the hub's head before it took the message (notFromHub
-// for a session's own log read). It clears fresh and lostAfter. h.mu is
-// held.
+// begins. It clears fresh and lostAfter. h.mu is held.
 //
 // prev > cursor: retention dropped messages between them. prev < cursor:
 // when the message was appended the user's log was empty (retention drops
 // the oldest first), so messages after the cursor may have come and gone
-// unseen — unless the hub took this message right after the cursor
-// (hubPrev == cursor), having seen everything in between itself. And no gap
-// can hide where no seq lies between the gap's ends (seq == after + 1).
-func (s *session) gapBefore(seq, prev, hubPrev uint64) (after uint64, gap bool) {
+// unseen — even by a hub that took every message it heard of, for a
+// message whose doorbell was lost can expire before anti-entropy finds it.
+// No gap can hide where no seq lies between the gap's ends (seq ==
+// after + 1).
+func (s *session) gapBefore(seq, prev uint64) (after uint64, gap bool) {
 	fresh, lost := s.fresh, s.lostAfter
 	s.fresh, s.lostAfter = false, 0
 	after = s.cursor
@@ -392,8 +392,6 @@ func (s *session) gapBefore(seq, prev, hubPrev uint64) (after uint64, gap bool) 
 	case lost != 0:
 		after = lost
 	case fresh, prev == s.cursor:
-		return 0, false
-	case prev < s.cursor && hubPrev == s.cursor:
 		return 0, false
 	}
 	if seq == after+1 {

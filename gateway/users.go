@@ -121,7 +121,7 @@ func (u *users) join(ctx context.Context, user string) (*hub, error) {
 	}
 
 	if created {
-		h.init(ctx)
+		u.initOrLeave(ctx, h)
 	}
 	select {
 	case <-h.ready:
@@ -137,6 +137,19 @@ func (u *users) join(ctx context.Context, user string) (*hub, error) {
 		return nil, err
 	}
 	return h, nil
+}
+
+// initOrLeave initializes a new hub; if that panics, it gives the place
+// join reserved back before the panic goes on (the other joiners see the
+// hub's initErr and leave too, so the hub is removed).
+func (u *users) initOrLeave(ctx context.Context, h *hub) {
+	defer func() {
+		if v := recover(); v != nil {
+			u.leave(h, nil)
+			panic(v)
+		}
+	}()
+	h.init(ctx)
 }
 
 // attach turns the place join reserved into a session. It refuses a hub

@@ -23,9 +23,11 @@ import (
 
 // fakeLog is one user's log in memory, as a chain.
 type fakeLog struct {
-	mu    sync.Mutex
-	msgs  []inbox.Message
-	reads int
+	panicLast bool
+	mu        sync.Mutex
+	msgs    []inbox.Message
+	reads   int
+	lagging bool // replicas answer nothing; the leader answers
 }
 
 func (l *fakeLog) append(seq uint64, data string) {
@@ -46,6 +48,9 @@ func (l *fakeLog) evict(seq uint64) {
 }
 
 func (l *fakeLog) Last(ctx context.Context, user string, leader bool) (inbox.Message, bool, error) {
+	if l.panicLast {
+		panic("a bug reading the head")
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if len(l.msgs) == 0 {
@@ -55,6 +60,16 @@ func (l *fakeLog) Last(ctx context.Context, user string, leader bool) (inbox.Mes
 }
 
 func (l *fakeLog) ReadAfter(ctx context.Context, user string, after uint64, n int) ([]inbox.Message, error) {
+	l.mu.Lock()
+	lagging := l.lagging
+	l.mu.Unlock()
+	if lagging {
+		return nil, nil
+	}
+	return l.read(after, n)
+}
+
+func (l *fakeLog) read(after uint64, n int) ([]inbox.Message, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.reads++
@@ -68,7 +83,7 @@ func (l *fakeLog) ReadAfter(ctx context.Context, user string, after uint64, n in
 }
 
 func (l *fakeLog) ReadAfterLeader(ctx context.Context, user string, after uint64, n int) ([]inbox.Message, error) {
-	return l.ReadAfter(ctx, user, after, n)
+	return l.read(after, n)
 }
 
 // fakeConn records what a session writes.
@@ -243,10 +258,11 @@ func TestBufferBounds(t *testing.T) {
 	if len(h.buf) != 1 || h.head != 1 {
 		t.Fatalf("after one huge frame: %d entries, head %d", len(h.buf), h.head)
 	}
-	seq := uint64(1)
+	seq, before := uint64(1), map[uint64]uint64{1: 0} // entry → the seq pushed before it
 	for i := range 500 {
 		size := 10 + (i%7)*60 // 10..370 bytes
 		seq += 3
+		before[seq] = seq - 3
 		h.push(entry{seq: seq, prev: seq - 3, frame: frame(size)})
 		total := 0
 		for _, e := range h.buf {
@@ -259,8 +275,8 @@ func TestBufferBounds(t *testing.T) {
 			t.Fatalf("push %d: %d entries, %d bytes: over the bounds", i, len(h.buf), total)
 		case h.buf[len(h.buf)-1].seq != seq || h.head != seq:
 			t.Fatalf("push %d: the newest entry is not kept", i)
-		case h.buf[0].hubPrev != h.base:
-			t.Fatalf("push %d: base %d, but the first entry follows %d", i, h.base, h.buf[0].hubPrev)
+		case h.base != before[h.buf[0].seq]:
+			t.Fatalf("push %d: base %d, but the first entry follows %d", i, h.base, before[h.buf[0].seq])
 		}
 	}
 	h.push(entry{seq: seq + 3, prev: seq, frame: frame(5000)})
@@ -467,4 +483,61 @@ func TestHubPanicCostsOnlyItsUser(t *testing.T) {
 	if len(tu.panics) != 1 || tu.panics[0] != "hub" {
 		t.Fatalf("panics %v, want one in hub", tu.panics)
 	}
+}
+
+// TestGapWhenTheLogEmptiedUnderAConnectedDevice: a message whose doorbell
+// was lost, and that expired with everything before it before anti-entropy
+// found it, leaves no trace but the next message's prev below the cursor:
+// even a device connected throughout gets a gap then.
+func TestGapWhenTheLogEmptiedUnderAConnectedDevice(t *testing.T) {
+	tu := newTestUsers(t, Config{})
+	s, _ := tu.session(t, "alice", 0, "")
+	s.h.doorbell(doorbell(10, 0, `1`), "")
+	if got := describe(frames(t, s)); got != "[10]" {
+		t.Fatalf("frames %s", got)
+	}
+	// 11 was appended, its doorbell lost; 10 and 11 expired; 12 came after
+	// an empty log.
+	s.h.doorbell(doorbell(12, 0, `3`), "")
+	if got := describe(frames(t, s)); got != "[gap(10,12) 12]" {
+		t.Fatalf("frames %s, want [gap(10,12) 12]", got)
+	}
+}
+
+// TestVoidCursorAsksTheLeader: with a void cursor the session restarts at
+// the oldest retained message; a lagging replica that has none must not
+// make it skip them all.
+func TestVoidCursorAsksTheLeader(t *testing.T) {
+	tu := newTestUsers(t, Config{})
+	tu.flog.append(5, `1`)
+	tu.flog.append(8, `2`)
+	tu.flog.mu.Lock()
+	tu.flog.lagging = true
+	tu.flog.mu.Unlock()
+	_, st := tu.session(t, "alice", 3, "old-epoch")
+	g, err := wire.DecodeServerFrame(st.gap)
+	if err != nil || g.Next != 5 || st.cursor != 4 {
+		t.Fatalf("gap %s, cursor %d: want next 5, cursor 4 (the oldest retained, from the leader)", st.gap, st.cursor)
+	}
+}
+
+// TestPanicInAHubsInitLeavesNothing: a panic while a new hub reads its head
+// gives the reserved place back: the hub is not left in the registry, and
+// the user's next socket gets a new one.
+func TestPanicInAHubsInitLeavesNothing(t *testing.T) {
+	tu := newTestUsers(t, Config{MaxSocketsPerUser: 1})
+	tu.flog.panicLast = true
+	func() {
+		defer func() {
+			if recover() == nil {
+				t.Fatal("no panic")
+			}
+		}()
+		tu.join(context.Background(), "alice")
+	}()
+	if h := tu.hub("alice"); h != nil {
+		t.Fatalf("a hub whose init panicked is still registered (joining %d)", h.joining)
+	}
+	tu.flog.panicLast = false
+	tu.session(t, "alice", 0, "") // the one place is free again
 }
