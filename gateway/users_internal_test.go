@@ -25,9 +25,9 @@ import (
 type fakeLog struct {
 	panicLast bool
 	mu        sync.Mutex
-	msgs    []inbox.Message
-	reads   int
-	lagging bool // replicas answer nothing; the leader answers
+	msgs      []inbox.Message
+	reads     int
+	lagging   bool // replicas answer nothing; the leader answers
 }
 
 func (l *fakeLog) append(seq uint64, data string) {
