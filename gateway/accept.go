@@ -84,7 +84,7 @@ func (g *Gateway) accept(c conn, peer string) (_ *session, first [][]byte, frame
 		frame, cl := moved(owner.URL)
 		return nil, nil, frame, cl
 	}
-	if sockets, _ := g.users.counts(); sockets >= g.cfg.MaxSockets {
+	if g.users.load() >= g.cfg.MaxSockets {
 		return nil, nil, nil, closeFull
 	}
 

@@ -71,7 +71,8 @@ type users struct {
 
 	mu      sync.Mutex // guards the following; taken before any hub.mu
 	hubs    map[string]*hub
-	sockets int
+	sockets int // attached sessions
+	joining int // places reserved by join and not yet attached or left
 }
 
 // logBox holds the log once it is open.
@@ -113,6 +114,7 @@ func (u *users) join(ctx context.Context, user string) (*hub, error) {
 	full := len(h.sessions)+h.joining >= u.cfg.MaxSocketsPerUser
 	if !full {
 		h.joining++
+		u.joining++
 	}
 	h.mu.Unlock()
 	u.mu.Unlock()
@@ -163,6 +165,7 @@ func (u *users) attach(h *hub, s *session) error {
 		return errStaleEpoch
 	}
 	h.joining--
+	u.joining--
 	h.sessions[s] = struct{}{}
 	u.sockets++
 	return nil
@@ -183,6 +186,7 @@ func (u *users) leave(h *hub, s *session) {
 		s.ended = true
 	} else {
 		h.joining--
+		u.joining--
 	}
 	if len(h.sessions) == 0 && h.joining == 0 && !h.closed {
 		h.closed = true
@@ -274,6 +278,14 @@ func (u *users) forSessions(f func(*session)) {
 	for _, s := range ss {
 		f(s)
 	}
+}
+
+// load is the sockets open or on their way: the gateway's MaxSockets
+// counts them all, so a burst of connects cannot overshoot it.
+func (u *users) load() int {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.sockets + u.joining
 }
 
 // counts returns the open sockets and the users with a hub.

@@ -226,7 +226,7 @@ func TestAttachRefusesAHubClosedByANewEpoch(t *testing.T) {
 		t.Fatalf("attach to a hub closed by a new epoch: %v, want errStaleEpoch", err)
 	}
 	tu.leave(h, nil)
-	if n, _ := tu.counts(); n != 0 {
+	if n := tu.load(); n != 0 {
 		t.Fatalf("%d sockets counted after the refusal", n)
 	}
 }
@@ -535,8 +535,8 @@ func TestPanicInAHubsInitLeavesNothing(t *testing.T) {
 		}()
 		tu.join(context.Background(), "alice")
 	}()
-	if h := tu.hub("alice"); h != nil {
-		t.Fatalf("a hub whose init panicked is still registered (joining %d)", h.joining)
+	if h := tu.hub("alice"); h != nil || tu.load() != 0 {
+		t.Fatalf("a hub whose init panicked is still registered (%v), or its place counted (%d)", h != nil, tu.load())
 	}
 	tu.flog.panicLast = false
 	tu.session(t, "alice", 0, "") // the one place is free again
