@@ -119,6 +119,15 @@ func (oc *outageCluster) watchRings(want string) (stop func() string) {
 	}
 }
 
+// passing counts the gateways passing in Consul.
+func (oc *outageCluster) passing() int {
+	es, _, err := oc.consul.Health().Service(consul.Service, "", true, nil)
+	if err != nil {
+		return -1
+	}
+	return len(es)
+}
+
 // agentProxy stands between a gateway and the Consul agent; broken, it
 // answers every request with 500, as a sick local agent would.
 type agentProxy struct {
@@ -291,5 +300,35 @@ func TestOneGatewayLosesNATSSilently(t *testing.T) {
 	checkDelivered(t, p, devices, 30*time.Second)
 	t.Logf("gw-1 cut off from NATS silently: its %d users were on other gateways %v later (hold %v); %d notifications accepted, all delivered once, in order",
 		len(onGW1), rehomed.Round(100*time.Millisecond), defaultHold, p.total())
-	var _ consul.Status
+}
+
+// TestLateReconnectDoesNotFence: after NATS was down everywhere, one
+// gateway reconnects 2 s after the others. Its NATS has been down for
+// long, but it was alone in that for less than the fence delay: it must
+// not fence.
+func TestLateReconnectDoesNotFence(t *testing.T) {
+	t.Parallel()
+	oc := newOutageCluster(t, 3)
+	users := usersN(30)
+	devices := connectAll(t, oc.cluster, oc.ds, users)
+	for _, p := range oc.proxies {
+		p.Cut()
+	}
+	waitFor(t, 10*time.Second, "every gateway failing in Consul", func() bool { return oc.passing() == 0 })
+	time.Sleep(5 * time.Second) // all down: a duration, not a synchronization
+	for name, p := range oc.proxies {
+		if name != "gw-1" {
+			p.Resume()
+		}
+	}
+	waitFor(t, 10*time.Second, "the others passing again", func() bool { return oc.passing() == 2 })
+	time.Sleep(2 * time.Second) // gw-1 alone cut off, for less than the fence delay
+	oc.proxies["gw-1"].Resume()
+	waitFor(t, 10*time.Second, "gw-1 ready", func() bool { return ready(oc.gws["gw-1"].url) })
+	time.Sleep(6 * time.Second) // a move window: what a fence would have closed
+	for _, u := range users {
+		if n := len(devices[u].hellos()); n != 1 {
+			t.Errorf("%s connected %d times: a late reconnect must fence nothing", u, n)
+		}
+	}
 }

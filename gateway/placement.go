@@ -38,6 +38,10 @@ type placement struct {
 	draining atomic.Bool // leaving: the ring is read without this gateway
 	fenced   atomic.Bool // cut off from NATS while the others pass
 
+	// cutSince is when the gateway was last seen cut off while the others
+	// passed; zero while it is not. Owned by fence's caller (watchLink).
+	cutSince time.Time
+
 	mu      sync.Mutex           // guards due and without
 	due     map[string]time.Time // user → when to move it
 	without struct{ from, ring *ring.Ring }
@@ -182,9 +186,12 @@ func (p *placement) pending() int {
 }
 
 // fence decides whether the gateway fences itself: its NATS connection has
-// been down for fenceAfter while more than half of the other members pass
-// in Consul (as its watcher sees it, and only while it can see: a watcher
-// cut off from Consul knows nothing new). Then the others can deliver, and
+// been down, and more than half of the other members have passed in Consul
+// (as its watcher sees it, and only while it can see: a watcher cut off
+// from Consul knows nothing new), both for fenceAfter. Both: after an
+// outage of NATS everywhere, the others may come back a second or two
+// before this gateway does, and its NATS has then been down for long, but
+// it has been alone in that for a moment only. Then the others can deliver, and
 // will route its users elsewhere once their watchers find it gone, so its
 // sockets are closed with 1013, paced, and it accepts none. When NATS is
 // down everywhere the others fail too and nobody fences; Consul alone being
@@ -196,8 +203,14 @@ func (p *placement) fence(registered bool) {
 	}
 	down := p.link.Down()
 	cut := p.fenced.Load() && down > 0 // stays fenced until NATS is back
-	if !cut && down >= fenceAfter {
-		cut = p.othersPass()
+	switch {
+	case down == 0 || !p.othersPass():
+		p.cutSince = time.Time{}
+	case p.cutSince.IsZero():
+		p.cutSince = time.Now()
+	}
+	if !cut && down >= fenceAfter && !p.cutSince.IsZero() {
+		cut = time.Since(p.cutSince) >= fenceAfter
 	}
 	if cut == p.fenced.Load() {
 		return
