@@ -138,17 +138,29 @@ func (c *RegisterConfig) fill() error {
 // claim refuses the ID when another live process holds it. A dead holder's
 // entry is simply replaced: the ID is ours.
 func (r *Registration) claim(ctx context.Context) error {
-	pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-	defer cancel()
-	l := r.cfg.Probe(pctx, r.cfg.ID)
-	switch {
-	case l.State == Alive && l.Instance != r.cfg.Instance:
-		return fmt.Errorf("register %s: %w (instance %s answers for it)", r.cfg.ID, ErrIDInUse, l.Instance)
-	case l.State != Unknown:
-		return nil
+	// A probe that cannot tell is asked again for a while: right after this
+	// process connected, NATSProbe does not believe "no responders" for
+	// MinUptime, and a gateway restarted at once after a crash would
+	// otherwise find its own dead predecessor still passing in Consul and
+	// give up its ID.
+	deadline := time.Now().Add(claimPatience)
+	for {
+		pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		l := r.cfg.Probe(pctx, r.cfg.ID)
+		cancel()
+		switch {
+		case l.State == Alive && l.Instance != r.cfg.Instance:
+			return fmt.Errorf("register %s: %w (instance %s answers for it)", r.cfg.ID, ErrIDInUse, l.Instance)
+		case l.State == Alive, l.State == Dead:
+			return nil
+		}
+		if time.Now().After(deadline) || !sleepCtx(ctx, 250*time.Millisecond) {
+			break
+		}
 	}
-	// The probe could not tell. Refuse only if Consul shows another instance
-	// holding the ID and passing: we cannot prove it dead.
+	// The probe could not tell (nor whether a silent holder is frozen or
+	// gone). Refuse only if Consul shows another instance holding the ID
+	// and passing: we cannot prove it dead.
 	entries, _, err := r.cfg.Client.Health().Service(Service, "", true, (&api.QueryOptions{}).WithContext(ctx))
 	if err != nil {
 		return fmt.Errorf("register %s: liveness unknown and consul unreachable: %w", r.cfg.ID, err)
@@ -160,6 +172,20 @@ func (r *Registration) claim(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// claimPatience is how long claim asks a probe that cannot tell again.
+const claimPatience = MinUptime + 2*time.Second
+
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
 }
 
 // Instance returns the registration's instance nonce.
