@@ -81,6 +81,11 @@ func (g *Gateway) handleReady(w http.ResponseWriter, r *http.Request) {
 		"fenced":          g.place.fenced.Load(),
 		"draining":        g.place.draining.Load(),
 	}
+	if reg := g.reg.Load(); reg != nil {
+		// Reported, never fatal: a gateway whose agent is sick still
+		// delivers, and the others keep it while it answers healthy.
+		body["consul_agent_unreachable_for"] = reg.Unreachable().Round(time.Millisecond).String()
+	}
 	status := http.StatusOK
 	if err := g.health(); err != nil || !g.serve.Load() || g.place.fenced.Load() || g.place.draining.Load() {
 		status = http.StatusServiceUnavailable

@@ -76,6 +76,12 @@ func (g *Gateway) registerGauges() {
 	f.gaugeFunc("herald_moves_pending", "Moves scheduled and not yet sent.", func() float64 { return float64(g.place.pending()) })
 	f.gaugeFunc("herald_fenced", "1 while fenced: cut off from NATS while the other gateways pass.", func() float64 { return b2f(g.place.fenced.Load()) })
 	f.gaugeFunc("herald_draining", "1 while draining.", func() float64 { return b2f(g.place.draining.Load()) })
+	f.gaugeFunc("herald_consul_agent_unreachable_seconds", "How long the gateway's Consul agent has failed every heartbeat; 0 when it answers. Never fences the gateway.", func() float64 {
+		if reg := g.reg.Load(); reg != nil {
+			return reg.Unreachable().Seconds()
+		}
+		return 0
+	})
 	f.gaugeFunc("herald_jetstream_ok", "1 while JetStream answers.", func() float64 { return b2f(g.jsOK.Load()) })
 }
 
