@@ -138,11 +138,12 @@ func (c *RegisterConfig) fill() error {
 // claim refuses the ID when another live process holds it. A dead holder's
 // entry is simply replaced: the ID is ours.
 func (r *Registration) claim(ctx context.Context) error {
-	// A probe that cannot tell is asked again for a while: right after this
+	// A probe that cannot tell is asked again for a while, but only when
+	// Consul shows another instance passing under the ID: right after this
 	// process connected, NATSProbe does not believe "no responders" for
 	// MinUptime, and a gateway restarted at once after a crash would
-	// otherwise find its own dead predecessor still passing in Consul and
-	// give up its ID.
+	// otherwise find its own dead predecessor still passing and give up its
+	// ID.
 	deadline := time.Now().Add(claimPatience)
 	for {
 		pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
@@ -154,24 +155,35 @@ func (r *Registration) claim(ctx context.Context) error {
 		case l.State == Alive, l.State == Dead:
 			return nil
 		}
-		if time.Now().After(deadline) || !sleepCtx(ctx, 250*time.Millisecond) {
-			break
+		// The probe could not tell (nor whether a silent holder is frozen
+		// or gone). Refuse only if Consul shows another instance holding
+		// the ID and passing: we cannot prove it dead.
+		holder, err := r.passingHolder(ctx)
+		switch {
+		case err != nil:
+			return fmt.Errorf("register %s: liveness unknown and consul unreachable: %w", r.cfg.ID, err)
+		case holder == "":
+			return nil
+		case time.Now().After(deadline) || !sleepCtx(ctx, 250*time.Millisecond):
+			return fmt.Errorf("register %s: %w (instance %s passes in consul and the liveness probe cannot tell)",
+				r.cfg.ID, ErrIDInUse, holder)
 		}
 	}
-	// The probe could not tell (nor whether a silent holder is frozen or
-	// gone). Refuse only if Consul shows another instance holding the ID
-	// and passing: we cannot prove it dead.
+}
+
+// passingHolder is the instance of another process that Consul shows
+// passing under the ID; empty if none.
+func (r *Registration) passingHolder(ctx context.Context) (string, error) {
 	entries, _, err := r.cfg.Client.Health().Service(Service, "", true, (&api.QueryOptions{}).WithContext(ctx))
 	if err != nil {
-		return fmt.Errorf("register %s: liveness unknown and consul unreachable: %w", r.cfg.ID, err)
+		return "", err
 	}
 	for _, e := range entries {
 		if e.Service.ID == r.cfg.ID && e.Service.Meta[MetaInstance] != r.cfg.Instance {
-			return fmt.Errorf("register %s: %w (instance %s passes in consul and the liveness probe cannot tell)",
-				r.cfg.ID, ErrIDInUse, e.Service.Meta[MetaInstance])
+			return e.Service.Meta[MetaInstance], nil
 		}
 	}
-	return nil
+	return "", nil
 }
 
 // claimPatience is how long claim asks a probe that cannot tell again.
