@@ -11,6 +11,7 @@ import (
 
 	"github.com/hashicorp/consul/api"
 	"github.com/heraldpush/herald/gateway/inbox"
+	"github.com/heraldpush/herald/gateway/wire"
 	"github.com/heraldpush/herald/ring/consul"
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
@@ -42,6 +43,12 @@ type Config struct {
 	// a publish while reconnecting must fail at once rather than sit in a
 	// buffer, so an append can be answered "certainly not stored".
 	NATS *nats.Conn
+	// Deployment scopes the NATS subjects, the log's stream (unless
+	// Log.Stream names one) and the gateways' Consul service name; empty is
+	// the default deployment, with herald's historical names. Give every
+	// dispatcher and gateway of a deployment the same.
+	Deployment wire.Deployment
+
 	// Log is the per-user log's stream. Run creates or updates it
 	// (inbox.Ensure), retrying until it succeeds or Run's context ends.
 	// If Log.MaxMsgSize is zero it is set to fit MaxPayload.
@@ -140,6 +147,10 @@ const msgHeaderRoom = 4 << 10
 
 // fill checks cfg and fills its defaults.
 func (c *Config) fill() error {
+	if err := c.Deployment.Validate(); err != nil {
+		return fmt.Errorf("dispatcher: %w", err)
+	}
+	c.Log.Stream = cmp.Or(c.Log.Stream, c.Deployment.Stream())
 	switch {
 	case c.NATS == nil:
 		return errors.New("dispatcher: no NATS connection")

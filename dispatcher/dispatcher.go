@@ -1,6 +1,7 @@
 package dispatcher
 
 import (
+	"cmp"
 	"context"
 	crand "crypto/rand"
 	"crypto/sha256"
@@ -15,7 +16,6 @@ import (
 
 	"github.com/heraldpush/herald/gateway/inbox"
 	"github.com/heraldpush/herald/gateway/token"
-	"github.com/heraldpush/herald/gateway/wire"
 	"github.com/heraldpush/herald/ring"
 	"github.com/heraldpush/herald/ring/consul"
 	"github.com/prometheus/client_golang/prometheus"
@@ -96,7 +96,8 @@ func New(cfg Config) (*Dispatcher, error) {
 	wc := cfg.Watch
 	wc.Client = cfg.Consul
 	d.link = consul.NewLink(cfg.NATS)
-	wc.Probe = consul.NATSProbe(d.link, wire.LiveSubject)
+	wc.Probe = consul.NATSProbe(d.link, cfg.Deployment.Live)
+	wc.Service = cmp.Or(wc.Service, cfg.Deployment.Service())
 	d.probes = probes{probe: wc.Probe, last: map[string]*probeResult{}}
 	d.closing = make(chan struct{})
 	wc.Logger = cfg.Logger.With("component", "watcher")

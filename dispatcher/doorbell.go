@@ -46,7 +46,7 @@ func (d *Dispatcher) ringOwner(ctx context.Context, db wire.Doorbell, wait time.
 	}
 	if wait <= 0 {
 		for _, gw := range targets {
-			if err := d.cfg.NATS.PublishMsg(doorbellMsg(db, gw)); err != nil {
+			if err := d.cfg.NATS.PublishMsg(d.doorbellMsg(db, gw)); err != nil {
 				d.metrics.doorbellFailed.Inc()
 				d.log.Debug("doorbell not sent; the gateway's anti-entropy will find the message", "gateway", gw, "seq", db.Seq, "error", err)
 			} else {
@@ -69,7 +69,7 @@ func (d *Dispatcher) awaitAny(ctx context.Context, db wire.Doorbell, targets []s
 	defer cancel()
 	answers := make(chan string, len(targets))
 	for _, gw := range targets {
-		go func() { answers <- d.awaitDelivery(ctx, gw, doorbellMsg(db, gw), wait) }()
+		go func() { answers <- d.awaitDelivery(ctx, gw, d.doorbellMsg(db, gw), wait) }()
 	}
 	offline := 0
 	for range targets {
@@ -119,6 +119,6 @@ func (d *Dispatcher) awaitDelivery(ctx context.Context, gateway string, msg *nat
 }
 
 // doorbellMsg is the doorbell as a NATS message to gateway's subject.
-func doorbellMsg(db wire.Doorbell, gateway string) *nats.Msg {
-	return &nats.Msg{Subject: wire.GatewaySubject(gateway), Header: db.Header(), Data: db.Body()}
+func (d *Dispatcher) doorbellMsg(db wire.Doorbell, gateway string) *nats.Msg {
+	return &nats.Msg{Subject: d.cfg.Deployment.Gateway(gateway), Header: db.Header(), Data: db.Body()}
 }

@@ -10,7 +10,7 @@ import (
 
 // handleBroadcast serves POST /v1/broadcast. A broadcast is live-only: it
 // reaches the sockets connected at that moment, through every gateway's
-// subscription on wire.BroadcastSubject, and is never stored. A socket that
+// subscription on the deployment's broadcast subject, and is never stored. A socket that
 // is reconnecting misses it, and no cursor moves. The answer says so
 // ("live_only": true), so nobody mistakes it for a stored notification.
 func (d *Dispatcher) handleBroadcast(w http.ResponseWriter, r *http.Request) {
@@ -24,7 +24,7 @@ func (d *Dispatcher) handleBroadcast(w http.ResponseWriter, r *http.Request) {
 		d.writeError(w, r, err)
 		return
 	}
-	if perr := d.cfg.NATS.PublishMsg(&nats.Msg{Subject: wire.BroadcastSubject, Header: wire.BroadcastHeader(time.Now()), Data: data}); perr != nil {
+	if perr := d.cfg.NATS.PublishMsg(&nats.Msg{Subject: d.cfg.Deployment.Broadcast(), Header: wire.BroadcastHeader(time.Now()), Data: data}); perr != nil {
 		d.metrics.broadcasts.WithLabelValues("failed").Inc()
 		d.writeError(w, r, &Error{Code: CodeUnavailable, Message: "NATS is unavailable; the broadcast was not sent", Err: perr})
 		return

@@ -159,7 +159,7 @@ func (d *Dispatcher) requestStats(ctx context.Context, ids []string) map[string]
 	for _, id := range ids {
 		wg.Go(func() {
 			var a statsAnswer
-			reply, err := d.cfg.NATS.RequestWithContext(ctx, wire.StatsSubject(id), nil)
+			reply, err := d.cfg.NATS.RequestWithContext(ctx, d.cfg.Deployment.Stats(id), nil)
 			switch {
 			case err != nil:
 				a.err = err

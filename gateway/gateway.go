@@ -51,6 +51,10 @@ type Config struct {
 	Weight int
 	// Version is recorded in Consul meta.
 	Version string
+	// Deployment scopes the NATS subjects, the log's stream (unless
+	// Log.Stream names one) and the Consul service name; empty is the
+	// default deployment, with herald's historical names.
+	Deployment wire.Deployment
 
 	// NATS carries doorbells, liveness and log reads. Required.
 	NATS *nats.Conn
@@ -150,6 +154,11 @@ func (c *Config) fill() error {
 	if err := consul.ValidateURL(c.PublicURL); err != nil {
 		return fmt.Errorf("gateway: public URL: %w", err)
 	}
+	if err := c.Deployment.Validate(); err != nil {
+		return fmt.Errorf("gateway: %w", err)
+	}
+	c.Log.Stream = cmp.Or(c.Log.Stream, c.Deployment.Stream())
+	c.Watch.Service = cmp.Or(c.Watch.Service, c.Deployment.Service())
 	switch {
 	case c.NATS == nil:
 		return errors.New("gateway: no NATS connection")
@@ -262,7 +271,7 @@ func New(cfg Config) (*Gateway, error) {
 		drainReq: make(chan struct{}),
 	}
 	g.link = consul.NewLink(cfg.NATS)
-	g.probe = consul.NATSProbe(g.link, wire.LiveSubject)
+	g.probe = consul.NATSProbe(g.link, cfg.Deployment.Live)
 	wc := cfg.Watch
 	wc.Client, wc.Probe, wc.Logger = cfg.Consul, g.probe, g.log
 	if g.watcher, err = consul.NewWatcher(wc); err != nil {
@@ -445,7 +454,7 @@ func (g *Gateway) start(ctx context.Context) error {
 	host, port := addrOf(g.cfg.PublicURL)
 	for {
 		reg, err := consul.Register(ctx, consul.RegisterConfig{
-			Client: g.cfg.Consul, ID: g.cfg.ID, Address: host, Port: port,
+			Client: g.cfg.Consul, ID: g.cfg.ID, Service: g.cfg.Watch.Service, Address: host, Port: port,
 			URL: g.cfg.PublicURL, Weight: g.cfg.Weight, Version: g.cfg.Version, Instance: g.instance,
 			TTL: g.cfg.TTL, Health: g.health, Probe: g.probe, Logger: g.log,
 		})
@@ -464,7 +473,7 @@ func (g *Gateway) start(ctx context.Context) error {
 			return nil
 		}
 	}
-	live, err := g.cfg.NATS.Subscribe(wire.LiveSubject(g.cfg.ID), g.guarded("liveness", g.answerLiveness))
+	live, err := g.cfg.NATS.Subscribe(g.cfg.Deployment.Live(g.cfg.ID), g.guarded("liveness", g.answerLiveness))
 	if err != nil {
 		return fmt.Errorf("gateway: subscribe liveness: %w", err)
 	}

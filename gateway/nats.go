@@ -27,9 +27,9 @@ func (g *Gateway) subscribe() ([]*nats.Subscription, error) {
 		where   string
 		h       nats.MsgHandler
 	}{
-		{wire.GatewaySubject(g.cfg.ID), "doorbell", handle},
-		{wire.BroadcastSubject, "broadcast", g.onBroadcast},
-		{wire.StatsSubject(g.cfg.ID), "stats", g.onStats},
+		{g.cfg.Deployment.Gateway(g.cfg.ID), "doorbell", handle},
+		{g.cfg.Deployment.Broadcast(), "broadcast", g.onBroadcast},
+		{g.cfg.Deployment.Stats(g.cfg.ID), "stats", g.onStats},
 	} {
 		s, err := nc.Subscribe(sub.subject, g.guarded(sub.where, sub.h))
 		if err != nil {

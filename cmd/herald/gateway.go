@@ -24,7 +24,7 @@ func runGateway(ctx context.Context, args []string) error {
 	id := fs.String("id", "", "gateway ID, [A-Za-z0-9_-]{1,64}, unique in the cluster (default: hostname-port)")
 	fs.StringVar(&d.PublicURL, "public-url", "", "WebSocket URL clients use to reach this gateway (default: ws://<listen address>/ws)")
 	fs.IntVar(&d.Weight, "weight", 1, "ring weight, 1 to 16")
-	fs.StringVar(&d.Log.Stream, "stream", "HERALD_INBOX", "JetStream stream of the users' logs")
+	fs.StringVar(&d.Log.Stream, "stream", "", "JetStream stream of the users' logs (default: the deployment's, HERALD_INBOX without one)")
 	fs.DurationVar(&d.TTL, "ttl", 0, "Consul check TTL (default 6s)")
 	fs.DurationVar(&d.Watch.Hold, "hold", 0, "how long a member that stops passing but still answers stays in the ring (default 30s)")
 	origins := fs.String("origins", "", "comma-separated browser origin patterns allowed to connect (e.g. app.example.com, *.example.com); with --dev and none given, 127.0.0.1:* and localhost:*")
@@ -57,6 +57,11 @@ func runGateway(ctx context.Context, args []string) error {
 		return errors.New("--pprof needs --admin-listen: profiles are served only on the admin listener")
 	}
 	d.AdminAddr, d.TrustedProxies = *adminListen, splitList(*trusted)
+	deployment, err := c.deploymentName()
+	if err != nil {
+		return err
+	}
+	d.Deployment = deployment
 	d.TokenAudience, d.TokenIssuer = c.tokenAudience, c.tokenIssuer
 	log, err := c.logger("gateway")
 	if err != nil {

@@ -47,27 +47,27 @@ const (
 	MaxRingBytes  = 64
 )
 
-// NATS subjects.
+// NATS subjects of the default deployment (see Deployment for others).
 const (
 	// InboxPrefix prefixes each user's log subject: herald.inbox.<userkey>.
 	InboxPrefix = "herald.inbox."
 	// BroadcastSubject carries live-only broadcasts to every gateway.
 	BroadcastSubject = "herald.broadcast"
-	gatewayPrefix    = "herald.gw."
 )
 
-// InboxSubject is the subject of user's log.
-func InboxSubject(user string) string { return InboxPrefix + UserKey(user) }
+// InboxSubject is the subject of user's log in the default deployment.
+func InboxSubject(user string) string { return Deployment("").Inbox(user) }
 
-// GatewaySubject is where a gateway's doorbells are rung.
-func GatewaySubject(gatewayID string) string { return gatewayPrefix + gatewayID }
+// GatewaySubject is where a gateway of the default deployment is rung.
+func GatewaySubject(gatewayID string) string { return Deployment("").Gateway(gatewayID) }
 
-// LiveSubject is where a gateway answers liveness requests with its
-// instance nonce.
-func LiveSubject(gatewayID string) string { return gatewayPrefix + gatewayID + ".live" }
+// LiveSubject is where a gateway of the default deployment answers
+// liveness requests with its instance nonce.
+func LiveSubject(gatewayID string) string { return Deployment("").Live(gatewayID) }
 
-// StatsSubject is where a gateway answers requests for its socket counts.
-func StatsSubject(gatewayID string) string { return gatewayPrefix + gatewayID + ".stats" }
+// StatsSubject is where a gateway of the default deployment answers
+// requests for its socket counts.
+func StatsSubject(gatewayID string) string { return Deployment("").Stats(gatewayID) }
 
 // UserKey encodes a user ID as one subject-safe token, reversibly:
 // base64url without padding.

@@ -307,3 +307,39 @@ func TestBroadcastRoundTrip(t *testing.T) {
 		t.Fatal("broadcast with bad JSON accepted")
 	}
 }
+
+// TestDeploymentNames: the default deployment keeps herald's historical
+// names; a named one scopes every name, and bad names are refused.
+func TestDeploymentNames(t *testing.T) {
+	var def Deployment
+	for got, want := range map[string]string{
+		def.Inbox("alice"): "herald.inbox.YWxpY2U", def.Broadcast(): "herald.broadcast", def.Gateway("gw-1"): "herald.gw.gw-1",
+		def.Live("gw-1"): "herald.gw.gw-1.live", def.Stats("gw-1"): "herald.gw.gw-1.stats", def.Stream(): "HERALD_INBOX",
+		def.Service(): "herald-gateway", def.Bucket("revocations"): "HERALD_REVOCATIONS",
+		InboxSubject("alice"): "herald.inbox.YWxpY2U", GatewaySubject("g"): "herald.gw.g", BroadcastSubject: "herald.broadcast",
+	} {
+		if got != want {
+			t.Errorf("default deployment: %q, want %q", got, want)
+		}
+	}
+	d := Deployment("acme-eu")
+	for got, want := range map[string]string{
+		d.Inbox("alice"): "herald.acme-eu.inbox.YWxpY2U", d.Broadcast(): "herald.acme-eu.broadcast", d.Gateway("gw-1"): "herald.acme-eu.gw.gw-1",
+		d.Live("gw-1"): "herald.acme-eu.gw.gw-1.live", d.Stream(): "HERALD_ACME_EU_INBOX", d.Service(): "herald-acme-eu-gateway",
+		d.Bucket("revocations"): "HERALD_ACME_EU_REVOCATIONS",
+	} {
+		if got != want {
+			t.Errorf("deployment acme-eu: %q, want %q", got, want)
+		}
+	}
+	for _, bad := range []Deployment{"Acme", "a.b", "a*", "-a", "a-", "a b", Deployment(strings.Repeat("a", 33)), "ä"} {
+		if bad.Validate() == nil {
+			t.Errorf("Deployment(%q).Validate() = nil, want an error", string(bad))
+		}
+	}
+	for _, ok := range []Deployment{"", "a", "acme-eu", "x1", Deployment(strings.Repeat("a", 32))} {
+		if err := ok.Validate(); err != nil {
+			t.Errorf("Deployment(%q).Validate() = %v", string(ok), err)
+		}
+	}
+}

@@ -28,6 +28,8 @@ type RegisterConfig struct {
 	Client *api.Client
 	// ID is the gateway ID, also the Consul service and check ID. Required.
 	ID string
+	// Service is the Consul service name. If empty, defaults to Service.
+	Service string
 	// Address and Port are those of the socket listener.
 	Address string
 	Port    int
@@ -107,6 +109,7 @@ func (c *RegisterConfig) fill() error {
 		return fmt.Errorf("register: %w", err)
 	}
 	c.Weight = cmp.Or(c.Weight, 1)
+	c.Service = cmp.Or(c.Service, Service)
 	if err := ring.ValidateWeight(c.Weight); err != nil {
 		return fmt.Errorf("register: %w", err)
 	}
@@ -174,7 +177,7 @@ func (r *Registration) claim(ctx context.Context) error {
 // passingHolder is the instance of another process that Consul shows
 // passing under the ID; empty if none.
 func (r *Registration) passingHolder(ctx context.Context) (string, error) {
-	entries, _, err := r.cfg.Client.Health().Service(Service, "", true, (&api.QueryOptions{}).WithContext(ctx))
+	entries, _, err := r.cfg.Client.Health().Service(r.cfg.Service, "", true, (&api.QueryOptions{}).WithContext(ctx))
 	if err != nil {
 		return "", err
 	}
@@ -259,7 +262,7 @@ func (r *Registration) status() (string, string) {
 func (r *Registration) register(ctx context.Context, status, output string) error {
 	reg := &api.AgentServiceRegistration{
 		ID:      r.cfg.ID,
-		Name:    Service,
+		Name:    r.cfg.Service,
 		Address: r.cfg.Address,
 		Port:    r.cfg.Port,
 		Meta: map[string]string{
