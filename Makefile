@@ -7,18 +7,12 @@ GO             ?= go
 VERSION        ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 
 .DEFAULT_GOAL := help
-.PHONY: help deps build test bench lint tidy run fuzz chaos clean
+.PHONY: help deps consul build test bench lint tidy run fuzz chaos clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z]+:.*## / {printf "  %-8s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-deps: ## build or install what the tests need: the Consul agent in bin/consul (from deploy/consul), Chromium, Node
-	@if $(CONSUL) version 2>/dev/null | grep -q "^Consul $(CONSUL_VERSION)$$"; then \
-		echo "$(CONSUL) is Consul $(CONSUL_VERSION)"; \
-	else \
-		echo "building Consul $(CONSUL_VERSION) from Go modules into $(CONSUL): this takes about 7 minutes the first time"; \
-		mkdir -p bin && cd deploy/consul && $(GO) build -o ../../$(CONSUL) github.com/hashicorp/consul; \
-	fi
+deps: consul ## build or install what the tests need: a static Consul agent in bin/consul (from deploy/consul), Chromium, Node
 	@if command -v chromium >/dev/null 2>&1; then \
 		echo "Chromium is installed"; \
 	else \
@@ -26,6 +20,24 @@ deps: ## build or install what the tests need: the Consul agent in bin/consul (f
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
 	fi
 	@command -v node >/dev/null 2>&1 || { echo "Node.js is needed for the herald.js tests: apt-get install nodejs"; exit 1; }
+
+# bin/consul is static (CGO_ENABLED=0), so that one binary serves the tests
+# and the herald-consul image, which is FROM scratch. It is rebuilt when it
+# is missing, another version, or dynamically linked (an older `make deps`
+# built it with cgo; `go version -m` reads how a binary was built). The new
+# one is written beside it and renamed over it, so a bin/consul that is a
+# symlink (a worktree's, to the main checkout's) is replaced rather than
+# written through, and an agent running from it is never truncated.
+consul:
+	@if $(CONSUL) version 2>/dev/null | grep -q "^Consul $(CONSUL_VERSION)$$" && \
+	    $(GO) version -m $(CONSUL) 2>/dev/null | grep -q "CGO_ENABLED=0"; then \
+		echo "$(CONSUL) is Consul $(CONSUL_VERSION), static"; \
+	else \
+		echo "building Consul $(CONSUL_VERSION), static, from Go modules into $(CONSUL): this takes about 3 minutes with a warm module cache, 7 the first time"; \
+		mkdir -p bin && cd deploy/consul && \
+		CGO_ENABLED=0 $(GO) build -o ../../$(CONSUL).new github.com/hashicorp/consul && \
+		mv -f ../../$(CONSUL).new ../../$(CONSUL); \
+	fi
 
 build: ## build bin/herald
 	$(GO) build -ldflags "-X main.version=$(VERSION)" -o $(HERALD) ./cmd/herald
