@@ -7,7 +7,7 @@ GO             ?= go
 VERSION        ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 
 .DEFAULT_GOAL := help
-.PHONY: help deps consul build test bench lint tidy run fuzz chaos clean
+.PHONY: help deps consul build test bench lint tidy run fuzz chaos images clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z]+:.*## / {printf "  %-8s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -78,5 +78,35 @@ run: deps build ## the whole system locally: Consul, NATS, 3 gateways, 2 dispatc
 chaos: build ## a chaos run against the running `make run` cluster (CHAOS_ARGS to change it)
 	$(HERALD) chaos --control 127.0.0.1:8079 $(CHAOS_ARGS)
 
-clean: ## remove bin/
-	rm -rf bin
+# The images' build contexts: one directory per image, holding its
+# Dockerfile and exactly the files it copies in, so the engine is sent
+# nothing else (see .dockerignore for the repository root).
+IMAGES       := build/images
+# nats-server is built from herald's own module, at the version go.mod
+# requires, with the dependencies herald's tests run it with.
+NATS_VERSION  = $(shell $(GO) list -m -f '{{.Version}}' github.com/nats-io/nats-server/v2)
+
+images: consul ## build the images herald, herald-nats and herald-consul FROM scratch (needs Docker; not part of test)
+	@docker version --format 'Docker engine {{.Server.Version}} (API {{.Server.APIVersion}}), client {{.Client.Version}}'
+	@echo "docker-compose $$(docker-compose version --short 2>/dev/null || echo 'not found')"
+	@test -f /etc/ssl/certs/ca-certificates.crt || { echo "no /etc/ssl/certs/ca-certificates.crt to copy into the images (apt-get install ca-certificates)"; exit 1; }
+	@mkdir -p $(IMAGES)/herald $(IMAGES)/nats/data $(IMAGES)/consul/data
+	CGO_ENABLED=0 $(GO) build -ldflags "-X main.version=$(VERSION)" -o $(IMAGES)/herald/herald ./cmd/herald
+	CGO_ENABLED=0 $(GO) build -o $(IMAGES)/nats/nats-server github.com/nats-io/nats-server/v2
+	@v="$$($(IMAGES)/nats/nats-server --version)"; test "$$v" = "nats-server: $(NATS_VERSION)" || \
+		{ echo "$(IMAGES)/nats/nats-server says $$v, but go.mod requires $(NATS_VERSION)"; exit 1; }
+	@for d in herald nats consul; do \
+		cp -f /etc/ssl/certs/ca-certificates.crt $(IMAGES)/$$d/ca-certificates.crt && \
+		cp -f deploy/images/$$d.Dockerfile $(IMAGES)/$$d/Dockerfile || exit 1; \
+	done
+	cp -f $(IMAGES)/herald/herald $(IMAGES)/nats/herald
+	cp -f $(IMAGES)/herald/herald $(IMAGES)/consul/herald
+	cp -f deploy/images/nats-server.conf $(IMAGES)/nats/
+	cp -fL $(CONSUL) $(IMAGES)/consul/consul
+	deploy/images/build.sh $(IMAGES)/herald herald:$(VERSION) herald:latest
+	deploy/images/build.sh $(IMAGES)/nats herald-nats:$(NATS_VERSION:v%=%) herald-nats:latest
+	deploy/images/build.sh $(IMAGES)/consul herald-consul:$(CONSUL_VERSION:v%=%) herald-consul:latest
+	@docker images --filter reference=herald --filter reference=herald-nats --filter reference=herald-consul
+
+clean: ## remove bin/ and build/ (the images' build contexts)
+	rm -rf bin build
