@@ -11,8 +11,9 @@ import (
 // clients and monitoring (its health check's /healthz) on every address,
 // stores JetStream in /data, the image's one writable directory, and pings
 // clients as `herald nats` and the tests' servers do (every second, two
-// unanswered drop the client: cmd/herald/nats.go, natsPingInterval and
-// natsMaxPingsOut), so a frozen gateway loses its subscriptions in seconds.
+// unanswered drop the client: natsPingInterval and natsMaxPingsOut in
+// cmd/herald/common.go), so a frozen gateway loses its subscriptions in
+// seconds.
 func TestNATSConfig(t *testing.T) {
 	o, err := server.ProcessConfigFile("nats-server.conf")
 	if err != nil {
