@@ -7,18 +7,12 @@ GO             ?= go
 VERSION        ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 
 .DEFAULT_GOAL := help
-.PHONY: help deps build test bench lint tidy run fuzz chaos clean
+.PHONY: help deps consul build test bench lint tidy run fuzz chaos images clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z]+:.*## / {printf "  %-8s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-deps: ## build or install what the tests need: the Consul agent in bin/consul (from deploy/consul), Chromium, Node
-	@if $(CONSUL) version 2>/dev/null | grep -q "^Consul $(CONSUL_VERSION)$$"; then \
-		echo "$(CONSUL) is Consul $(CONSUL_VERSION)"; \
-	else \
-		echo "building Consul $(CONSUL_VERSION) from Go modules into $(CONSUL): this takes about 7 minutes the first time"; \
-		mkdir -p bin && cd deploy/consul && $(GO) build -o ../../$(CONSUL) github.com/hashicorp/consul; \
-	fi
+deps: consul ## build or install what the tests need: a static Consul agent in bin/consul (from deploy/consul), Chromium, Node
 	@if command -v chromium >/dev/null 2>&1; then \
 		echo "Chromium is installed"; \
 	else \
@@ -26,6 +20,24 @@ deps: ## build or install what the tests need: the Consul agent in bin/consul (f
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
 	fi
 	@command -v node >/dev/null 2>&1 || { echo "Node.js is needed for the herald.js tests: apt-get install nodejs"; exit 1; }
+
+# bin/consul is static (CGO_ENABLED=0), so that one binary serves the tests
+# and the herald-consul image, which is FROM scratch. It is rebuilt when it
+# is missing, another version, or dynamically linked (an older `make deps`
+# built it with cgo; `go version -m` reads how a binary was built). The new
+# one is written beside it and renamed over it, so a bin/consul that is a
+# symlink (a worktree's, to the main checkout's) is replaced rather than
+# written through, and an agent running from it is never truncated.
+consul:
+	@if $(CONSUL) version 2>/dev/null | grep -q "^Consul $(CONSUL_VERSION)$$" && \
+	    $(GO) version -m $(CONSUL) 2>/dev/null | grep -q "CGO_ENABLED=0"; then \
+		echo "$(CONSUL) is Consul $(CONSUL_VERSION), static"; \
+	else \
+		echo "building Consul $(CONSUL_VERSION), static, from Go modules into $(CONSUL): this takes about 3 minutes with a warm module cache, 7 the first time"; \
+		mkdir -p bin && cd deploy/consul && \
+		CGO_ENABLED=0 $(GO) build -o ../../$(CONSUL).new github.com/hashicorp/consul && \
+		mv -f ../../$(CONSUL).new ../../$(CONSUL); \
+	fi
 
 build: ## build bin/herald
 	$(GO) build -ldflags "-X main.version=$(VERSION)" -o $(HERALD) ./cmd/herald
@@ -66,5 +78,35 @@ run: deps build ## the whole system locally: Consul, NATS, 3 gateways, 2 dispatc
 chaos: build ## a chaos run against the running `make run` cluster (CHAOS_ARGS to change it)
 	$(HERALD) chaos --control 127.0.0.1:8079 $(CHAOS_ARGS)
 
-clean: ## remove bin/
-	rm -rf bin
+# The images' build contexts: one directory per image, holding its
+# Dockerfile and exactly the files it copies in, so the engine is sent
+# nothing else (see .dockerignore for the repository root).
+IMAGES       := build/images
+# nats-server is built from herald's own module, at the version go.mod
+# requires, with the dependencies herald's tests run it with.
+NATS_VERSION  = $(shell $(GO) list -m -f '{{.Version}}' github.com/nats-io/nats-server/v2)
+
+images: consul ## build the images herald, herald-nats and herald-consul FROM scratch (needs Docker; not part of test)
+	@docker version --format 'Docker engine {{.Server.Version}} (API {{.Server.APIVersion}}), client {{.Client.Version}}'
+	@echo "docker-compose $$(docker-compose version --short 2>/dev/null || echo 'not found')"
+	@test -f /etc/ssl/certs/ca-certificates.crt || { echo "no /etc/ssl/certs/ca-certificates.crt to copy into the images (apt-get install ca-certificates)"; exit 1; }
+	@mkdir -p $(IMAGES)/herald $(IMAGES)/nats/data $(IMAGES)/consul/data
+	CGO_ENABLED=0 $(GO) build -ldflags "-X main.version=$(VERSION)" -o $(IMAGES)/herald/herald ./cmd/herald
+	CGO_ENABLED=0 $(GO) build -o $(IMAGES)/nats/nats-server github.com/nats-io/nats-server/v2
+	@v="$$($(IMAGES)/nats/nats-server --version)"; test "$$v" = "nats-server: $(NATS_VERSION)" || \
+		{ echo "$(IMAGES)/nats/nats-server says $$v, but go.mod requires $(NATS_VERSION)"; exit 1; }
+	@for d in herald nats consul; do \
+		cp -f /etc/ssl/certs/ca-certificates.crt $(IMAGES)/$$d/ca-certificates.crt && \
+		cp -f deploy/images/$$d.Dockerfile $(IMAGES)/$$d/Dockerfile || exit 1; \
+	done
+	cp -f $(IMAGES)/herald/herald $(IMAGES)/nats/herald
+	cp -f $(IMAGES)/herald/herald $(IMAGES)/consul/herald
+	cp -f deploy/images/nats-server.conf $(IMAGES)/nats/
+	cp -fL $(CONSUL) $(IMAGES)/consul/consul
+	deploy/images/build.sh $(IMAGES)/herald herald:$(VERSION) herald:latest
+	deploy/images/build.sh $(IMAGES)/nats herald-nats:$(NATS_VERSION:v%=%) herald-nats:latest
+	deploy/images/build.sh $(IMAGES)/consul herald-consul:$(CONSUL_VERSION:v%=%) herald-consul:latest
+	@docker images --filter reference=herald --filter reference=herald-nats --filter reference=herald-consul
+
+clean: ## remove bin/ and build/ (the images' build contexts)
+	rm -rf bin build

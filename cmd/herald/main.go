@@ -31,6 +31,7 @@ var commands = []command{
 	{"dev", "run the whole system locally: Consul, NATS, 3 gateways, 2 dispatchers", runDev},
 	{"dispatcher", "run a dispatcher: the HTTP API that stores and routes notifications", runDispatcher},
 	{"gateway", "run a gateway: the WebSocket server that delivers users' notifications", runGateway},
+	{"healthcheck", "GET a URL; exit 0 on a 2xx, 1 otherwise (container health checks)", runHealthcheck},
 	{"listen", "connect as a user and print what arrives", runListen},
 	{"nats", "run an embedded NATS server with JetStream (local use)", runNATS},
 	{"ring", "show the ring the dispatchers and gateways build from Consul", runRing},
@@ -40,7 +41,7 @@ var commands = []command{
 func usage() {
 	fmt.Fprintf(os.Stderr, "herald is a WebSocket push-notification gateway with sticky user routing.\n\nUsage: herald <command> [flags]\n\nCommands:\n")
 	for _, c := range commands {
-		fmt.Fprintf(os.Stderr, "  %-10s %s\n", c.name, c.summary)
+		fmt.Fprintf(os.Stderr, "  %-12s %s\n", c.name, c.summary)
 	}
 	fmt.Fprintf(os.Stderr, "\nRun 'herald <command> --help' for a command's flags. Every flag can also be set\nfrom the environment: --consul-addr is HERALD_CONSUL_ADDR.\n")
 }
