@@ -27,6 +27,10 @@ type Agent struct {
 	// HTTPAddr is the agent's HTTP API address, host:port.
 	HTTPAddr string
 
+	// Token is the management token of an agent started with ACLs on
+	// (StartACL); Client uses it. Empty otherwise.
+	Token string
+
 	tb    testing.TB
 	bin   string
 	args  []string
@@ -64,6 +68,18 @@ func Binary() (string, error) {
 // leader and has registered its own node. It is stopped when the test ends.
 func Start(tb testing.TB) *Agent {
 	tb.Helper()
+	return start(tb, "")
+}
+
+// StartACL starts a dev agent with ACLs on and denying by default, whose
+// management token is Agent.Token (also the agent's own token).
+func StartACL(tb testing.TB) *Agent {
+	tb.Helper()
+	return start(tb, "8d5f2e06-3a9b-4c11-9f3e-2b7c1d0e6a55")
+}
+
+func start(tb testing.TB, token string) *Agent {
+	tb.Helper()
 	bin, err := Binary()
 	if err != nil {
 		tb.Fatalf("consultest: %v", err)
@@ -85,6 +101,10 @@ func Start(tb testing.TB) *Agent {
 				"-http-port", strconv.Itoa(ports[0]), "-dns-port", "-1", "-grpc-port", "-1",
 				"-server-port", strconv.Itoa(ports[1]), "-serf-lan-port", strconv.Itoa(ports[2]),
 				"-serf-wan-port", strconv.Itoa(ports[3]), "-log-level", "warn"},
+			Token: token,
+		}
+		if token != "" {
+			a.args = append(a.args, "-hcl", `acl { enabled = true default_policy = "deny" tokens { initial_management = "`+token+`" agent = "`+token+`" } }`)
 		}
 		if lastErr = a.start(); lastErr == nil {
 			tb.Cleanup(func() {
@@ -102,8 +122,13 @@ func Start(tb testing.TB) *Agent {
 
 // Client returns an API client for the agent.
 func (a *Agent) Client() *api.Client {
+	return a.ClientWith(a.Token)
+}
+
+// ClientWith returns an API client for the agent that uses an ACL token.
+func (a *Agent) ClientWith(token string) *api.Client {
 	cfg := api.DefaultConfig()
-	cfg.Address = a.HTTPAddr
+	cfg.Address, cfg.Token = a.HTTPAddr, token
 	c, err := api.NewClient(cfg)
 	if err != nil {
 		a.tb.Fatalf("consultest: client: %v", err)
