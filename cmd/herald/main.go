@@ -29,6 +29,7 @@ type command struct {
 var commands = []command{
 	{"chaos", "kill, drain and scale gateways under load; check nothing is lost", runChaos},
 	{"dev", "run the whole system locally: Consul, NATS, 3 gateways, 2 dispatchers", runDev},
+	{"demo", "serve the demo page for a real cluster, keeping the token secret and API key server-side", runDemo},
 	{"dispatcher", "run a dispatcher: the HTTP API that stores and routes notifications", runDispatcher},
 	{"gateway", "run a gateway: the WebSocket server that delivers users' notifications", runGateway},
 	{"healthcheck", "GET a URL; exit 0 on a 2xx, 1 otherwise (container health checks)", runHealthcheck},
