@@ -238,11 +238,11 @@ func (l *Log) setLive(sc jetstream.StreamConfig) {
 	l.live = c
 }
 
-// The patience of Create's requests. A stream info sent while a
-// replicated stream's creation is still in flight (assigned, its group
-// without a leader yet) is answered by no server: only the stream's
-// leader answers, and the others stay silent. So no request may wait long
-// for an answer; Create retries quickly instead.
+// The patience of Create's requests. A stream info, or an update, sent
+// while a replicated stream's creation is still in flight (assigned, its
+// group without a leader yet) is answered by no server: only the stream's
+// leader answers those, and the other servers stay silent. So no request
+// may wait long for an answer; Create retries quickly instead.
 const (
 	createTimeout = 5 * time.Second
 	infoTimeout   = time.Second
@@ -254,12 +254,13 @@ const (
 // then created with the settings it had.
 //
 // It sends the create-only request first, with the log's settings and the
-// defaults of those left zero: JetStream answers it at once with the
+// defaults of those left zero. The meta leader answers it at once, even
+// while another process's create of the same stream is in flight: with the
 // stream when there is none or it is exactly that, and "already in use"
-// when it is otherwise, which Create then reads and compares. An update is
-// never sent: one sent while another process creates a replicated stream
-// is answered by nobody, as is a stream info then (createTimeout), so two
-// dispatchers starting together on a fresh cluster would stall. Failures
+// when it is otherwise, which Create then reads and compares. It never
+// sends an update, and a stream info only when the stream exists: sent
+// first, while another dispatcher creates an R3 stream on a fresh cluster,
+// either waited its whole timeout unanswered (see infoTimeout). Failures
 // are retried quickly, with jitter, until ctx ends; a mismatch is returned
 // at once.
 func (l *Log) Create(ctx context.Context) (string, error) {
