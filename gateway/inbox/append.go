@@ -232,9 +232,18 @@ func canSend(ctx context.Context) bool {
 	return !ok || time.Until(dl) >= minSend
 }
 
-// attemptTimeout leaves room for at least one retry within the deadline.
+// maxAttempt bounds the wait for one attempt's PubAck. A request sent on a
+// connection that then breaks (its server stopped) is never answered, and
+// nats.go does not fail it: only this timeout ends it, after which the
+// retry, on the new connection, lands or finds the first attempt by its
+// id. A healthy stream acks in milliseconds, so an attempt unanswered for
+// 2s is better tried again.
+const maxAttempt = 2 * time.Second
+
+// attemptTimeout is a quarter of the deadline, so that retries fit in it,
+// but at least 250ms and at most maxAttempt.
 func (l *Log) attemptTimeout(ctx context.Context) time.Duration {
-	d := max(l.cfg.AppendTimeout/4, 250*time.Millisecond)
+	d := min(max(l.cfg.AppendTimeout/4, 250*time.Millisecond), maxAttempt)
 	if dl, ok := ctx.Deadline(); ok {
 		d = min(d, time.Until(dl))
 	}
