@@ -83,17 +83,6 @@ func RunCrashableCluster(tb testing.TB, n int) *Cluster {
 	}
 }
 
-// Node is the index of the node named name (a stream info's
-// Cluster.Leader), or -1.
-func (c *Cluster) Node(name string) int {
-	for i, s := range c.Nodes {
-		if s.opts.ServerName == name {
-			return i
-		}
-	}
-	return -1
-}
-
 // Crash cuts node i off from the other nodes, then stops it: what the
 // others see is a killed process.
 func (c *Cluster) Crash(i int) {
