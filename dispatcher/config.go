@@ -49,9 +49,14 @@ type Config struct {
 	// dispatcher and gateway of a deployment the same.
 	Deployment wire.Deployment
 
-	// Log is the per-user log's stream. Run creates or updates it
-	// (inbox.Ensure), retrying until it succeeds or Run's context ends.
-	// If Log.MaxMsgSize is zero it is set to fit MaxPayload.
+	// Log is the per-user log's stream. Run creates it, or checks the live
+	// one (inbox.Ensure), retrying until it succeeds or Run's context
+	// ends; Run fails if the live stream has a setting otherwise than Log
+	// gives it (an *inbox.MismatchError): the settings Log leaves zero are
+	// the stream's, and only herald stream apply (inbox.Apply) changes a
+	// live stream. Log.MinMsgSize is set to fit MaxPayload, and
+	// Log.DownFor to the NATS connection's downtime, so that appends fail
+	// at once once it has been down for Log.MaxDown.
 	Log inbox.Config
 
 	// Consul is the client the ring is watched with. Required.
@@ -187,13 +192,18 @@ func (c *Config) fill() error {
 	case c.ConnectHold > MaxConnectHold:
 		return fmt.Errorf("dispatcher: ConnectHold %v is over %v: clients give up on /v1/connect after 10s", c.ConnectHold, MaxConnectHold)
 	}
-	if c.Log.MaxMsgSize == 0 {
-		c.Log.MaxMsgSize = int32(min(c.MaxPayload+msgHeaderRoom, 1<<30))
-	} else if int(c.Log.MaxMsgSize) < c.MaxPayload+msgHeaderRoom {
-		// Every append of a large payload would be refused by the
-		// stream: a configuration error, not an outage to discover later.
+	// Every append of a large payload would be refused by a stream whose
+	// messages are smaller: a configuration error, found at the start
+	// (here, or by Ensure in the live stream), not an outage to discover
+	// later.
+	c.Log.MinMsgSize = int32(min(c.MaxPayload+msgHeaderRoom, 1<<30))
+	if c.Log.MaxMsgSize > 0 && c.Log.MaxMsgSize < c.Log.MinMsgSize {
 		return fmt.Errorf("dispatcher: the log's MaxMsgSize %d does not fit MaxPayload %d plus %d bytes of headers",
 			c.Log.MaxMsgSize, c.MaxPayload, msgHeaderRoom)
+	}
+	c.Log.AppendTimeout = cmp.Or(c.Log.AppendTimeout, inbox.DefaultAppendTimeout)
+	if err := c.Log.Validate(); err != nil {
+		return fmt.Errorf("dispatcher: %w", err)
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()

@@ -55,10 +55,23 @@ type apiKey struct {
 }
 
 // shutdownGrace is how long Run lets requests in flight finish once its
-// context ends, before it cancels them. An append needs at most the log's
-// AppendTimeout (2s by default); only long wait=delivered requests are cut
-// short, and answer "timeout".
-const shutdownGrace = 5 * time.Second
+// context ends, before it cancels them: an append's whole deadline (the
+// log's AppendTimeout, 15s by default, long enough to ride out a leader
+// election) and room to answer, so no append in flight is cut off from its
+// answer. Only long wait=delivered requests are cut short, and answer
+// "timeout".
+func (d *Dispatcher) shutdownGrace() time.Duration { return d.cfg.Log.AppendTimeout + 5*time.Second }
+
+// writeTimeout bounds the writing of an API answer: it must outlast the
+// longest request, or its client gets a broken connection instead of its
+// answer, which for an append is the one thing it needs. A single
+// notification takes at most a delivery wait and an append; a batch, its
+// users in rounds of batchConcurrency, each at most an append deadline
+// (a user's later items are not tried once one fails).
+func (d *Dispatcher) writeTimeout() time.Duration {
+	rounds := time.Duration((d.cfg.MaxBatch + batchConcurrency - 1) / batchConcurrency)
+	return max(d.cfg.MaxWait+d.cfg.Log.AppendTimeout, rounds*d.cfg.Log.AppendTimeout) + 30*time.Second
+}
 
 // New checks cfg, fills its defaults and builds a dispatcher. It does no
 // I/O: Run connects the pieces.
@@ -96,6 +109,9 @@ func New(cfg Config) (*Dispatcher, error) {
 	wc := cfg.Watch
 	wc.Client = cfg.Consul
 	d.link = consul.NewLink(cfg.NATS)
+	if d.cfg.Log.DownFor == nil {
+		d.cfg.Log.DownFor = d.link.Down
+	}
 	wc.Probe = consul.NATSProbe(d.link, cfg.Deployment.Live)
 	wc.Service = cmp.Or(wc.Service, cfg.Deployment.Service())
 	d.probes = probes{probe: wc.Probe, last: map[string]*probeResult{}}
@@ -167,7 +183,7 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 	g.Go(func() error { d.link.Run(gctx); return nil })
 	g.Go(func() error { return d.watcher.Run(gctx) })
 	g.Go(func() error { d.followRings(gctx, &d.rings); return nil })
-	g.Go(func() error { d.runLog(gctx); return nil })
+	g.Go(func() error { return d.runLog(gctx) })
 	return g.Wait()
 }
 
@@ -180,7 +196,7 @@ func (d *Dispatcher) servers(reqCtx context.Context, admin bool) []*http.Server 
 		Handler:           d.handler,
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,
-		WriteTimeout:      d.cfg.MaxWait + 30*time.Second, // a delivery wait, an append, and room
+		WriteTimeout:      d.writeTimeout(),
 		IdleTimeout:       2 * time.Minute,
 		BaseContext:       base,
 		ErrorLog:          errorLog,
@@ -238,7 +254,8 @@ func (d *Dispatcher) listen() (ln, admin net.Listener, err error) {
 // shutdown stops the servers gracefully, then by force, and waits for every
 // handler to return.
 func (d *Dispatcher) shutdown(servers []*http.Server, cancelRequests context.CancelFunc) {
-	ctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
+	grace := d.shutdownGrace()
+	ctx, cancel := context.WithTimeout(context.Background(), grace)
 	defer cancel()
 	close(d.closing)
 	var wg sync.WaitGroup
@@ -252,7 +269,7 @@ func (d *Dispatcher) shutdown(servers []*http.Server, cancelRequests context.Can
 	}
 	wg.Wait()
 	if forced.Load() {
-		d.log.Warn("requests still running after the grace period; cancelling them", "grace", shutdownGrace)
+		d.log.Warn("requests still running after the grace period; cancelling them", "grace", grace)
 		cancelRequests()
 		for _, srv := range servers {
 			srv.Close()

@@ -79,9 +79,10 @@
 //     and at most one goroutine of its own at a time, which asks previous
 //     owners for their moves pending; it waits for that one before it
 //     returns;
-//   - the log loop, which ensures the stream (retrying until it can), then
-//     publishes the *inbox.Log through an atomic.Pointer and re-reads its
-//     epoch every EpochRefresh.
+//   - the log loop, which ensures the stream (retrying until it can, and
+//     ending Run with an error if the live stream is configured otherwise
+//     than Config.Log gives it), then publishes the *inbox.Log through an
+//     atomic.Pointer and re-reads its epoch every EpochRefresh.
 //
 // Handlers may start goroutines (a batch appends up to 16 users at once;
 // /v1/cluster asks every gateway in parallel) and always wait for them

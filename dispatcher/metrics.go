@@ -1,9 +1,11 @@
 package dispatcher
 
 import (
+	"cmp"
 	"fmt"
 	"time"
 
+	"github.com/heraldpush/herald/gateway/inbox"
 	"github.com/heraldpush/herald/ring/consul"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -107,6 +109,18 @@ func newMetrics(d *Dispatcher, reg *prometheus.Registry) (*metrics, error) {
 			Help: "Append attempts beyond the first.",
 		}, func() float64 { return float64(d.logStats().Retries) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "herald_appends_in_flight",
+			Help: "Appends running now: waiting for their user's earlier append, or retrying (at most the log's MaxAppends).",
+		}, func() float64 { return float64(d.logStats().InFlight) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "herald_appends_refused_busy_total",
+			Help: "Appends refused at once (503 unavailable) because the log's MaxAppends were in flight already.",
+		}, func() float64 { return float64(d.logStats().Busy) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "herald_appends_refused_nats_down_total",
+			Help: "Appends that failed at once because the NATS connection had been down for more than the log's MaxDown (2s by default).",
+		}, func() float64 { return float64(d.logStats().Down) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "herald_connect_held",
 			Help: "/v1/connect requests being held now.",
 		}, func() float64 { return float64(d.held.Load()) }),
@@ -145,18 +159,20 @@ func newMetrics(d *Dispatcher, reg *prometheus.Registry) (*metrics, error) {
 		}, func() float64 { return bool01(d.cfg.NATS.IsConnected()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "herald_log_ready",
-			Help: "1 once the log's stream has been created or updated.",
+			Help: "1 once the log's stream has been created, or found as configured.",
 		}, func() float64 { return bool01(d.inbox.Load() != nil) }),
 	}
 	limits := prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "herald_limit",
-		Help: "Configured limits: payload_bytes, batch, rate_per_key, burst_per_key, max_wait_seconds.",
+		Help: "Configured limits: payload_bytes, batch, rate_per_key, burst_per_key, max_wait_seconds, append_timeout_seconds, appends_in_flight.",
 	}, []string{"limit"})
 	limits.WithLabelValues("payload_bytes").Set(float64(d.cfg.MaxPayload))
 	limits.WithLabelValues("batch").Set(float64(d.cfg.MaxBatch))
 	limits.WithLabelValues("rate_per_key").Set(float64(d.cfg.RateLimit))
 	limits.WithLabelValues("burst_per_key").Set(float64(d.cfg.RateBurst))
 	limits.WithLabelValues("max_wait_seconds").Set(d.cfg.MaxWait.Seconds())
+	limits.WithLabelValues("append_timeout_seconds").Set(d.cfg.Log.AppendTimeout.Seconds())
+	limits.WithLabelValues("appends_in_flight").Set(float64(cmp.Or(d.cfg.Log.MaxAppends, inbox.DefaultMaxAppends)))
 	for _, c := range append(cs, limits) {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("dispatcher: registering metrics: %w", err)

@@ -12,7 +12,9 @@ import (
 )
 
 func runDispatcher(ctx context.Context, args []string) error {
-	fs := newFlagSet("dispatcher", "Run a dispatcher: the stateless HTTP API that stores notifications in each user's log and rings the user's gateway.")
+	fs := newFlagSet("dispatcher", "Run a dispatcher: the stateless HTTP API that stores notifications in each user's log and rings the user's gateway.\n\n"+
+		"The stream settings (--replicas to --storage) left unset are the live stream's; one given that the live stream\n"+
+		"has otherwise stops the dispatcher at startup. Change a live stream with herald stream apply.")
 	var c common
 	c.register(fs)
 	var d dispatcher.Config
@@ -23,12 +25,9 @@ func runDispatcher(ctx context.Context, args []string) error {
 	fs.envVar("pprof", "HERALD_DISPATCHER_PPROF")
 	apiKeys := fs.String("api-keys", "", "comma-separated API keys for the publishing endpoints (required unless --dev)")
 	fs.StringVar(&d.Log.Stream, "stream", "HERALD_INBOX", "JetStream stream of the users' logs")
-	fs.Int64Var(&d.Log.MaxMsgsPerUser, "max-per-user", 0, "messages kept per user (default 100)")
-	fs.DurationVar(&d.Log.MaxAge, "max-age", 0, "how long messages are kept (default 168h)")
-	fs.Int64Var(&d.Log.MaxBytes, "max-bytes", 0, "bound of the whole log in bytes, oldest dropped first (default unlimited)")
-	fs.IntVar(&d.Log.Replicas, "replicas", 1, "stream replicas: 1 locally, 3 in production")
-	fs.DurationVar(&d.Log.Duplicates, "dedupe-window", 0, "how long an idempotency key is remembered (default 2m)")
-	fs.DurationVar(&d.Log.AppendTimeout, "append-timeout", 0, "deadline of one append, retries included (default 2s)")
+	streamFlags(fs, &d.Log)
+	fs.DurationVar(&d.Log.AppendTimeout, "append-timeout", 0, "deadline of one append, retries included: long enough to ride out a JetStream leader election (default 15s)")
+	fs.IntVar(&d.Log.MaxAppends, "max-appends", 0, "appends in flight at once; beyond it a notification gets 503 unavailable at once (default 4096)")
 	fs.DurationVar(&d.Watch.Hold, "hold", 0, "how long a member that stops passing but still answers stays in the ring (default 30s)")
 	rateLimit := fs.Float64("rate-limit", 0, "notifications per second per API key, each batch item counting as one (default 1000)")
 	fs.IntVar(&d.RateBurst, "rate-burst", 0, "burst of the per-key rate limit (default 2000)")

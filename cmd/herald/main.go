@@ -36,6 +36,7 @@ var commands = []command{
 	{"listen", "connect as a user and print what arrives", runListen},
 	{"nats", "run an embedded NATS server with JetStream (local use)", runNATS},
 	{"ring", "show the ring the dispatchers and gateways build from Consul", runRing},
+	{"stream", "show the log's stream, or change its settings (replicas, retention)", runStream},
 	{"version", "print the version", func(context.Context, []string) error { fmt.Println("herald", version); return nil }},
 }
 

@@ -43,13 +43,32 @@ func MsgID(user, id string) string { return wire.UserKey(user) + "/" + id }
 // The message names its predecessor (Herald-Prev) and is only stored if that
 // predecessor is still the user's last message; on a conflict Append learns
 // the new last message and tries again, with jitter, until
-// Config.AppendTimeout. When an attempt's outcome is unknown (no ack), it is
-// retried with the same id, so it lands at most once; if the deadline passes
-// first, Append returns ErrUnknownOutcome. ErrUnavailable and
-// ErrStorageFull mean nothing was stored: among others, when the deadline
-// passed before anything was sent, such as while waiting for an earlier
-// append of the same user.
+// Config.AppendTimeout. Whatever else fails (no stream leader during an
+// election, NATS reconnecting, a read of the user's last message) is
+// retried the same way, so an outage shorter than the deadline costs the
+// caller latency, not an error. When an attempt's outcome is unknown (no
+// ack), it is retried with the same id, so it lands at most once; if the
+// deadline passes first, Append returns ErrUnknownOutcome. ErrUnavailable
+// and ErrStorageFull mean nothing was stored: among others, when the
+// deadline passed before anything was sent, such as while waiting for an
+// earlier append of the same user.
+//
+// Append fails at once, ErrUnavailable, when Config.MaxAppends appends are
+// in flight already, and when the NATS connection has been down for more
+// than Config.MaxDown (Config.DownFor): then also an append in flight
+// stops retrying, with ErrUnknownOutcome if an earlier attempt of it may
+// have been stored.
 func (l *Log) Append(ctx context.Context, user, id string, data []byte) (Appended, error) {
+	if err := l.downErr(); err != nil {
+		return Appended{}, fmt.Errorf("%w: %v; nothing was sent", ErrUnavailable, err)
+	}
+	if n := l.inFlight.Add(1); n > int64(l.cfg.MaxAppends) {
+		l.inFlight.Add(-1)
+		l.busy.Add(1)
+		return Appended{}, fmt.Errorf("%w: %d appends in flight already (the limit); nothing was sent", ErrUnavailable, n-1)
+	}
+	defer l.inFlight.Add(-1)
+
 	ctx, cancel := context.WithTimeout(ctx, l.cfg.AppendTimeout)
 	defer cancel()
 	ul, err := l.locks.lock(ctx, user)
@@ -59,23 +78,33 @@ func (l *Log) Append(ctx context.Context, user, id string, data []byte) (Appende
 	defer l.locks.unlock(user, ul)
 
 	subject := wire.InboxSubject(user)
-	head, ok := l.heads.get(user)
-	if !ok {
-		last, found, err := l.Last(ctx, user, false)
-		if err != nil {
-			return Appended{}, err
-		}
-		if found {
-			head = last.Seq
-		}
-	}
-
+	head, headKnown := l.heads.get(user)
 	var (
 		uncertain bool // an earlier attempt may have been stored
 		lastErr   error
+		sent      int // publish attempts
 	)
-	for attempt := 0; ; attempt++ {
-		if attempt > 0 {
+	for try := 0; ; try++ {
+		if err := l.downErr(); err != nil {
+			lastErr = err
+			break
+		}
+		if !headKnown {
+			last, found, err := l.Last(ctx, user, false)
+			if err != nil {
+				// Nothing of this append was sent by the read.
+				lastErr = err
+				if !l.backoff(ctx, try) {
+					break
+				}
+				continue
+			}
+			head, headKnown = 0, true
+			if found {
+				head = last.Seq
+			}
+		}
+		if sent > 0 {
 			l.retries.Add(1)
 		}
 		ts := time.Now()
@@ -93,9 +122,10 @@ func (l *Log) Append(ctx context.Context, user, id string, data []byte) (Appende
 		if !canSend(ctx) {
 			// Nothing of this attempt was sent: only an earlier one can
 			// have been stored.
-			lastErr = fmt.Errorf("deadline passed before attempt %d was sent: %w", attempt+1, cmp.Or(ctx.Err(), context.DeadlineExceeded))
+			lastErr = fmt.Errorf("deadline passed before attempt %d was sent: %w", sent+1, cmp.Or(ctx.Err(), context.DeadlineExceeded))
 			break
 		}
+		sent++
 		st, high := l.known()
 		actx, acancel := context.WithTimeout(ctx, l.attemptTimeout(ctx))
 		ack, err := l.js.PublishMsg(actx, m, jetstream.WithRetryAttempts(0))
@@ -148,7 +178,7 @@ func (l *Log) Append(ctx context.Context, user, id string, data []byte) (Appende
 				l.Refresh(ctx)
 			}
 			head = newHead
-			if attempt == 0 {
+			if sent == 1 {
 				continue // a stale cached head: no one to back off from
 			}
 		case errors.As(err, &apiErr) && isStorageFull(apiErr):
@@ -157,12 +187,12 @@ func (l *Log) Append(ctx context.Context, user, id string, data []byte) (Appende
 			}
 		case sentNothing(err):
 			// Certainly not stored by this attempt; keep trying while
-			// NATS reconnects.
+			// NATS reconnects, or JetStream elects a stream leader.
 		default:
 			// A timeout or a lost ack: this attempt may have been stored.
 			uncertain = true
 		}
-		if !l.backoff(ctx, attempt) {
+		if !l.backoff(ctx, try) {
 			break
 		}
 	}
@@ -170,6 +200,19 @@ func (l *Log) Append(ctx context.Context, user, id string, data []byte) (Appende
 		return Appended{}, fmt.Errorf("%w: %v", ErrUnknownOutcome, lastErr)
 	}
 	return Appended{}, fmt.Errorf("%w: %v", ErrUnavailable, lastErr)
+}
+
+// downErr is why an append stops, counted, when the NATS connection has
+// been down for more than MaxDown; nil otherwise.
+func (l *Log) downErr() error {
+	if l.cfg.DownFor == nil {
+		return nil
+	}
+	if d := l.cfg.DownFor(); d > l.cfg.MaxDown {
+		l.down.Add(1)
+		return fmt.Errorf("the NATS connection has been down for %v", d.Round(time.Millisecond))
+	}
+	return nil
 }
 
 // minSend is the least time before the deadline in which Append still
@@ -189,9 +232,18 @@ func canSend(ctx context.Context) bool {
 	return !ok || time.Until(dl) >= minSend
 }
 
-// attemptTimeout leaves room for at least one retry within the deadline.
+// maxAttempt bounds the wait for one attempt's PubAck. A request sent on a
+// connection that then breaks (its server stopped) is never answered, and
+// nats.go does not fail it: only this timeout ends it, after which the
+// retry, on the new connection, lands or finds the first attempt by its
+// id. A healthy stream acks in milliseconds, so an attempt unanswered for
+// 2s is better tried again.
+const maxAttempt = 2 * time.Second
+
+// attemptTimeout is a quarter of the deadline, so that retries fit in it,
+// but at least 250ms and at most maxAttempt.
 func (l *Log) attemptTimeout(ctx context.Context) time.Duration {
-	d := max(l.cfg.AppendTimeout/4, 250*time.Millisecond)
+	d := min(max(l.cfg.AppendTimeout/4, 250*time.Millisecond), maxAttempt)
 	if dl, ok := ctx.Deadline(); ok {
 		d = min(d, time.Until(dl))
 	}
