@@ -155,6 +155,7 @@ func (c *Config) fill() error {
 	if err := c.Deployment.Validate(); err != nil {
 		return fmt.Errorf("dispatcher: %w", err)
 	}
+	c.Log.Deployment = c.Deployment
 	c.Log.Stream = cmp.Or(c.Log.Stream, c.Deployment.Stream())
 	switch {
 	case c.NATS == nil:

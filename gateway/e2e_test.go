@@ -16,12 +16,14 @@ import (
 	"time"
 
 	"github.com/heraldpush/herald/dispatcher"
+	"github.com/heraldpush/herald/gateway"
 	"github.com/heraldpush/herald/gateway/client"
 	"github.com/heraldpush/herald/gateway/inbox"
 	"github.com/heraldpush/herald/gateway/inbox/inboxtest"
 	"github.com/heraldpush/herald/gateway/wire"
 	"github.com/heraldpush/herald/ring/consul"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 const apiKey = "test-api-key"
@@ -70,7 +72,8 @@ func (c *cluster) startDispatcher(edit ...func(*dispatcher.Config)) *disp {
 	})
 	waitFor(c.tb, 10*time.Second, "the dispatcher ready on the gateways' ring", func() bool {
 		r := d.Ring()
-		return r != nil && c.ring() != nil && r.Fingerprint() == c.ring().Fingerprint() && httpOK(w.url+"/readyz")
+		gr := c.ringOf(cfg.Deployment)
+		return r != nil && gr != nil && r.Fingerprint() == gr.Fingerprint() && httpOK(w.url+"/readyz")
 	})
 	return w
 }
@@ -581,4 +584,52 @@ func TestLostTailBecomesANewEpoch(t *testing.T) {
 		t.Fatalf("the device ends in epoch %q (was %q) with %d gaps: the loss must be a new epoch, and said", epoch, oldEpoch, gaps)
 	}
 	t.Logf("the stream's last seq went from %d to %d; the ten accepted after the loss all arrived, after %d gap(s)", before, after, gaps)
+}
+
+// TestDeploymentsShareNATSAndConsul: two deployments on one NATS account
+// and one Consul datacenter see nothing of each other: each has its own
+// ring, stream and subjects, and alice of one is not alice of the other.
+func TestDeploymentsShareNATSAndConsul(t *testing.T) {
+	c := newCluster(t, inbox.Config{})
+	in := func(d wire.Deployment) func(*gateway.Config) {
+		return func(cfg *gateway.Config) { cfg.Deployment, cfg.Log = d, inbox.Config{} }
+	}
+	for _, d := range []wire.Deployment{"acme", "bolt"} { // the gateways wait for their streams
+		if _, err := inbox.Ensure(context.Background(), c.nc, inbox.Config{Deployment: d}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c.startGateway("a-1", in("acme"))
+	c.startGateway("b-1", in("bolt"))
+	da := c.startDispatcher(func(cfg *dispatcher.Config) { cfg.Deployment, cfg.Log = "acme", inbox.Config{} })
+	db := c.startDispatcher(func(cfg *dispatcher.Config) { cfg.Deployment, cfg.Log = "bolt", inbox.Config{} })
+	for d, want := range map[*disp]string{da: "a-1", db: "b-1"} {
+		if r := d.Ring(); r.Len() != 1 || r.Members()[0].ID != want {
+			t.Fatalf("a dispatcher's ring is %v, want only %s", r.Members(), want)
+		}
+	}
+	alice := c.connect(da, "alice")
+	other := c.connect(db, "alice")
+	waitFor(t, 10*time.Second, "both alices connected", func() bool { return len(alice.hellos()) == 1 && len(other.hellos()) == 1 })
+	if alice.onGateway() != "a-1" || other.onGateway() != "b-1" {
+		t.Fatalf("alice on %s and %s, want a-1 and b-1", alice.onGateway(), other.onGateway())
+	}
+	r, err := da.notify("alice", "n1", `"for acme's alice"`, "")
+	if err != nil || r.Status != http.StatusAccepted {
+		t.Fatalf("notify: %+v, %v", r, err)
+	}
+	waitFor(t, 5*time.Second, "acme's alice's notification", func() bool { return len(alice.seqs()) == 1 })
+	if _, err := db.notify("bob", "n1", `1`, ""); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(500 * time.Millisecond) // what bolt's alice would get, she would have by now
+	if n := len(other.seqs()); n != 0 {
+		t.Fatalf("bolt's alice got %d notifications of acme's", n)
+	}
+	js, _ := jetstream.New(c.nc)
+	for _, name := range []string{"HERALD_ACME_INBOX", "HERALD_BOLT_INBOX"} {
+		if _, err := js.Stream(context.Background(), name); err != nil {
+			t.Fatalf("stream %s: %v", name, err)
+		}
+	}
 }

@@ -157,6 +157,7 @@ func (c *Config) fill() error {
 	if err := c.Deployment.Validate(); err != nil {
 		return fmt.Errorf("gateway: %w", err)
 	}
+	c.Log.Deployment = c.Deployment
 	c.Log.Stream = cmp.Or(c.Log.Stream, c.Deployment.Stream())
 	c.Watch.Service = cmp.Or(c.Watch.Service, c.Deployment.Service())
 	switch {

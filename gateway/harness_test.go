@@ -76,7 +76,8 @@ type cluster struct {
 
 type gw struct {
 	*gateway.Gateway
-	url    string
+	deployment wire.Deployment
+	url        string
 	cancel context.CancelFunc
 	done   chan error
 }
@@ -134,13 +135,13 @@ func (c *cluster) startGateway(id string, edit ...func(*gateway.Config)) *gw {
 		c.tb.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	w := &gw{Gateway: g, url: url, cancel: cancel, done: make(chan error, 1)}
+	w := &gw{Gateway: g, deployment: cfg.Deployment, url: url, cancel: cancel, done: make(chan error, 1)}
 	go func() { w.done <- g.Run(ctx) }()
 	c.gws[id] = w
 	c.tb.Cleanup(func() { c.stopGateway(id) })
 	waitFor(c.tb, 10*time.Second, id+" in every ring", func() bool {
 		for _, o := range c.gws {
-			if _, ok := o.Ring().Member(id); !ok {
+			if _, ok := o.Ring().Member(id); !ok && o.deployment == w.deployment {
 				return false
 			}
 		}
@@ -176,9 +177,14 @@ func ready(wsURL string) bool {
 }
 
 // ring is the ring the gateways agree on.
-func (c *cluster) ring() *ring.Ring {
+func (c *cluster) ring() *ring.Ring { return c.ringOf("") }
+
+// ringOf is the ring the gateways of deployment d agree on.
+func (c *cluster) ringOf(d wire.Deployment) *ring.Ring {
 	for _, g := range c.gws {
-		return g.Ring()
+		if g.deployment == d {
+			return g.Ring()
+		}
 	}
 	return nil
 }

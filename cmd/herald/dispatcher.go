@@ -24,7 +24,7 @@ func runDispatcher(ctx context.Context, args []string) error {
 	fs.BoolVar(&d.Pprof, "pprof", false, "serve net/http/pprof's profiles on the admin listener")
 	fs.envVar("pprof", "HERALD_DISPATCHER_PPROF")
 	apiKeys := fs.String("api-keys", "", "comma-separated API keys for the publishing endpoints (required unless --dev)")
-	fs.StringVar(&d.Log.Stream, "stream", "HERALD_INBOX", "JetStream stream of the users' logs")
+	fs.StringVar(&d.Log.Stream, "stream", "", "JetStream stream of the users' logs (default: the deployment's, HERALD_INBOX without one)")
 	streamFlags(fs, &d.Log)
 	fs.DurationVar(&d.Log.AppendTimeout, "append-timeout", 0, "deadline of one append, retries included: long enough to ride out a JetStream leader election (default 15s)")
 	fs.IntVar(&d.Log.MaxAppends, "max-appends", 0, "appends in flight at once; beyond it a notification gets 503 unavailable at once (default 4096)")
@@ -54,6 +54,9 @@ func runDispatcher(ctx context.Context, args []string) error {
 	}
 	d.TokenAudience, d.TokenIssuer = c.tokenAudience, c.tokenIssuer
 	d.Dev, d.RateLimit, d.Logger = c.dev, rate.Limit(*rateLimit), log
+	if d.Deployment, err = c.deploymentName(); err != nil {
+		return err
+	}
 	if d.Dev {
 		d.Page, d.PagePaths = web.Handler(), web.Paths
 	}

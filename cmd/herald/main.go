@@ -28,6 +28,7 @@ type command struct {
 
 var commands = []command{
 	{"chaos", "kill, drain and scale gateways under load; check nothing is lost", runChaos},
+	{"cluster", "set up a production cluster's secrets and configurations (init), and Consul's ACLs (consul-bootstrap)", runCluster},
 	{"dev", "run the whole system locally: Consul, NATS, 3 gateways, 2 dispatchers", runDev},
 	{"demo", "serve the demo page for a real cluster, keeping the token secret and API key server-side", runDemo},
 	{"dispatcher", "run a dispatcher: the HTTP API that stores and routes notifications", runDispatcher},

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"flag"
@@ -77,7 +78,7 @@ func runStream(ctx context.Context, args []string) error {
 	var c common
 	c.register(fs)
 	var cfg inbox.Config
-	fs.StringVar(&cfg.Stream, "stream", "HERALD_INBOX", "JetStream stream of the users' logs")
+	fs.StringVar(&cfg.Stream, "stream", "", "JetStream stream of the users' logs (default: the deployment's, HERALD_INBOX without one)")
 	if apply {
 		streamFlags(fs, &cfg)
 	}
@@ -85,6 +86,12 @@ func runStream(ctx context.Context, args []string) error {
 	if err := parse(fs, args[1:]); err != nil {
 		return err
 	}
+	deployment, err := c.deploymentName()
+	if err != nil {
+		return err
+	}
+	cfg.Deployment = deployment
+	cfg.Stream = cmp.Or(cfg.Stream, deployment.Stream())
 	if err := cfg.Validate(); err != nil {
 		return err
 	}

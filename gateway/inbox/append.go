@@ -77,7 +77,7 @@ func (l *Log) Append(ctx context.Context, user, id string, data []byte) (Appende
 	}
 	defer l.locks.unlock(user, ul)
 
-	subject := wire.InboxSubject(user)
+	subject := l.subject(user)
 	head, headKnown := l.heads.get(user)
 	var (
 		uncertain bool // an earlier attempt may have been stored

@@ -90,7 +90,12 @@ import (
 // live stream has otherwise makes Ensure fail with a *MismatchError. Only
 // Apply changes a live stream's settings.
 type Config struct {
-	// Stream is the JetStream stream name. If empty, defaults to HERALD_INBOX.
+	// Deployment scopes the users' subjects (and, unless Stream names one,
+	// the stream): two deployments can share a NATS account. Empty is the
+	// default deployment: herald.inbox.<userkey> in HERALD_INBOX.
+	Deployment wire.Deployment
+	// Stream is the JetStream stream name. If empty, the deployment's
+	// (HERALD_INBOX for the default one).
 	Stream string
 	// MaxMsgsPerUser is how many messages each user's log keeps. If zero,
 	// the stream's, or 100 when creating it; negative: no limit.
@@ -165,7 +170,7 @@ const (
 // fill fills the defaults of the fields that are not stream settings: those
 // come from the live stream, or from withDefaults when it is created.
 func (c *Config) fill() {
-	c.Stream = cmp.Or(c.Stream, DefaultStream)
+	c.Stream = cmp.Or(c.Stream, c.Deployment.Stream())
 	c.AppendTimeout = cmp.Or(c.AppendTimeout, DefaultAppendTimeout)
 	c.HeadCache = cmp.Or(c.HeadCache, DefaultHeadCache)
 	c.MaxAppends = cmp.Or(c.MaxAppends, DefaultMaxAppends)
@@ -228,7 +233,10 @@ func (c Config) StreamConfig() jetstream.StreamConfig {
 }
 
 // subjects are the log's stream's subjects: one per user.
-func subjects() []string { return []string{wire.InboxPrefix + ">"} }
+func (c Config) subjects() []string { return []string{c.Deployment.InboxPrefix() + ">"} }
+
+// subject is the subject of user's log.
+func (l *Log) subject(user string) string { return l.cfg.Deployment.Inbox(user) }
 
 // Errors of Append and the reads. The dispatcher maps them to HTTP answers.
 var (

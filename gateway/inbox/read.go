@@ -53,7 +53,7 @@ func (l *Log) ReadAfter(ctx context.Context, user string, after uint64, n int) (
 		return nil, nil
 	}
 	var out []Message
-	err := l.batch(ctx, directGetRequest{Seq: after + 1, NextFor: wire.InboxSubject(user), Batch: n}, func(m *nats.Msg) error {
+	err := l.batch(ctx, directGetRequest{Seq: after + 1, NextFor: l.subject(user), Batch: n}, func(m *nats.Msg) error {
 		msg, err := parseDirect(m)
 		if err != nil {
 			return err
@@ -73,7 +73,7 @@ func (l *Log) Heads(ctx context.Context, users []string) (map[string]uint64, err
 		chunk := users[start:min(start+headBatch, len(users))]
 		subjects := make([]string, len(chunk))
 		for i, u := range chunk {
-			subjects[i] = wire.InboxSubject(u)
+			subjects[i] = l.subject(u)
 			byKey[subjects[i]] = u
 		}
 		err := l.batch(ctx, directGetRequest{MultiLast: subjects, Batch: len(subjects)}, func(m *nats.Msg) error {
@@ -167,7 +167,7 @@ func parseStored(seq uint64, h nats.Header, data []byte) (Message, error) {
 // empty. With leader set it reads through the stream leader, which never
 // lags; otherwise any replica answers.
 func (l *Log) Last(ctx context.Context, user string, leader bool) (msg Message, ok bool, err error) {
-	subj := wire.InboxSubject(user)
+	subj := l.subject(user)
 	if leader {
 		return l.leaderGet(ctx, directGetRequest{LastFor: subj})
 	}
@@ -192,7 +192,7 @@ func (l *Log) Last(ctx context.Context, user string, leader bool) (msg Message, 
 // round trip: for when a replica's answer fell short of what must exist.
 func (l *Log) ReadAfterLeader(ctx context.Context, user string, after uint64, n int) ([]Message, error) {
 	var out []Message
-	subj := wire.InboxSubject(user)
+	subj := l.subject(user)
 	for len(out) < n {
 		m, ok, err := l.leaderGet(ctx, directGetRequest{Seq: after + 1, NextFor: subj})
 		if err != nil {

@@ -134,7 +134,7 @@ var settings = []setting{
 	{
 		name:  "subjects",
 		given: func(Config) bool { return true },
-		put:   func(sc *jetstream.StreamConfig, _ Config) { sc.Subjects = subjects() },
+		put:   func(sc *jetstream.StreamConfig, c Config) { sc.Subjects = c.subjects() },
 		show:  func(sc jetstream.StreamConfig) string { return strings.Join(sc.Subjects, ",") },
 	}, {
 		name:  "retention",
