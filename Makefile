@@ -7,10 +7,10 @@ GO             ?= go
 VERSION        ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 
 .DEFAULT_GOAL := help
-.PHONY: help deps consul build test bench lint tidy run fuzz chaos images clean
+.PHONY: help deps consul build test bench lint tidy run fuzz chaos chaos-cluster images clean
 
 help: ## list the targets
-	@awk 'BEGIN {FS = ":.*## "} /^[a-z]+:.*## / {printf "  %-8s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-13s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 deps: consul ## build or install what the tests need: a static Consul agent in bin/consul (from deploy/consul), Chromium, Node
 	@if command -v chromium >/dev/null 2>&1; then \
@@ -42,11 +42,15 @@ consul:
 build: ## build bin/herald
 	$(GO) build -ldflags "-X main.version=$(VERSION)" -o $(HERALD) ./cmd/herald
 
-test: deps build ## go vet, herald.js tests, every Go test with -race (unit, integration, browser), then a chaos run
+test: deps build ## go vet, herald.js tests, every Go test with -race (unit, integration, browser), a chaos run, the short Compose fault suite
 	$(GO) vet ./...
 	node --test web/
 	$(GO) test -race -count=1 ./...
 	$(HERALD) chaos --start-cluster --duration 60s --users 200 --rate 100 --fault-every 6s --min-ring-changes 2 -v
+	deploy/compose/fault-suite.sh short
+
+chaos-cluster: ## the full Compose fault suite on a real cluster (needs Docker): NATS, Consul, gateway and dispatcher faults
+	deploy/compose/fault-suite.sh full --rounds 2
 
 bench: ## run the benchmarks
 	$(GO) test -run '^$$' -bench . -benchmem ./ring/...
@@ -86,11 +90,11 @@ IMAGES       := build/images
 # requires, with the dependencies herald's tests run it with.
 NATS_VERSION  = $(shell $(GO) list -m -f '{{.Version}}' github.com/nats-io/nats-server/v2)
 
-images: consul ## build the images herald, herald-nats and herald-consul FROM scratch (needs Docker; not part of test)
+images: consul ## build the images herald, herald-nats and herald-consul FROM scratch (needs Docker)
 	@docker version --format 'Docker engine {{.Server.Version}} (API {{.Server.APIVersion}}), client {{.Client.Version}}'
 	@echo "docker-compose $$(docker-compose version --short 2>/dev/null || echo 'not found')"
 	@test -f /etc/ssl/certs/ca-certificates.crt || { echo "no /etc/ssl/certs/ca-certificates.crt to copy into the images (apt-get install ca-certificates)"; exit 1; }
-	@mkdir -p $(IMAGES)/herald $(IMAGES)/nats/data $(IMAGES)/consul/data
+	@mkdir -p $(IMAGES)/herald/secrets $(IMAGES)/nats/data $(IMAGES)/consul/data
 	CGO_ENABLED=0 $(GO) build -ldflags "-X main.version=$(VERSION)" -o $(IMAGES)/herald/herald ./cmd/herald
 	CGO_ENABLED=0 $(GO) build -o $(IMAGES)/nats/nats-server github.com/nats-io/nats-server/v2
 	@v="$$($(IMAGES)/nats/nats-server --version)"; test "$$v" = "nats-server: $(NATS_VERSION)" || \

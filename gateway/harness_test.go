@@ -78,8 +78,8 @@ type gw struct {
 	*gateway.Gateway
 	deployment wire.Deployment
 	url        string
-	cancel context.CancelFunc
-	done   chan error
+	cancel     context.CancelFunc
+	done       chan error
 }
 
 func newCluster(tb testing.TB, logCfg inbox.Config) *cluster {

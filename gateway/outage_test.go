@@ -2,6 +2,8 @@ package gateway_test
 
 import (
 	"fmt"
+	"io"
+	"log"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
@@ -138,6 +140,9 @@ type agentProxy struct {
 func newAgentProxy(t *testing.T, agentAddr string) *agentProxy {
 	u, _ := url.Parse("http://" + agentAddr)
 	rp := httputil.NewSingleHostReverseProxy(u)
+	// Its errors while the agent is down are expected, and would bury a
+	// failing test's own output.
+	rp.ErrorLog = log.New(io.Discard, "", 0)
 	ap := &agentProxy{}
 	ap.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if ap.broken.Load() {

@@ -7,12 +7,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"math/rand/v2"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -63,17 +65,29 @@ func runChaos(ctx context.Context, args []string) error {
 	fs.Uint64Var(&c.seed, "seed", 0, "seed of the fault schedule (0: from the clock)")
 	fs.IntVar(&c.minChanges, "min-ring-changes", 1, "fail if the ring changed fewer times")
 	fs.BoolVar(&c.verbose, "v", false, "log each fault")
+	compose := fs.Bool("compose", false, "drive the fault suite on every engine of the Compose cluster (deploy/compose) instead of herald dev's gateways; run inside the compose file's chaos service")
+	dispatchers := fs.String("dispatchers", "http://disp-1.edge:8080,http://disp-2.edge:8080", "with --compose, the dispatchers' base URLs")
+	var cc composeConfig
+	cc.register(fs)
+	composeFaultList := fs.String("compose-faults", "", "with --compose, the faults to run instead of the suite, in order: "+strings.Join(slices.Sorted(maps.Keys(composeFaults)), ", "))
 	if err := parse(fs, args); err != nil {
 		return err
+	}
+	if c.seed == 0 {
+		c.seed = uint64(time.Now().UnixNano())
+	}
+	if *compose {
+		cc.faults = splitList(*composeFaultList)
+		if _, ok := composeSuites[cc.suite]; !ok {
+			return fmt.Errorf("--suite %q: want short or full", cc.suite)
+		}
+		return runComposeChaos(ctx, c, cc, *dispatchers)
 	}
 	c.faults = splitList(*faults)
 	for _, f := range c.faults {
 		if !slices.Contains(allFaults, f) {
 			return fmt.Errorf("unknown fault %q: want some of %v", f, allFaults)
 		}
-	}
-	if c.seed == 0 {
-		c.seed = uint64(time.Now().UnixNano())
 	}
 	if c.spawn {
 		stop, err := spawnCluster(ctx, &c)
@@ -162,30 +176,55 @@ type chaosRun struct {
 
 	devices []*chaosDevice
 
-	mu       sync.Mutex // guards accepted and rehomes
-	accepted map[string]map[uint64]string
-	rehomes  []time.Duration
+	mu       sync.Mutex                   // guards what follows, and is taken alone
+	accepted map[string]map[uint64]string // user → seq → id
+	posts    map[string]time.Time         // id → when it was first posted
+	refusals []time.Time                  // posts refused as unavailable
+	unknowns []time.Time                  // posts whose first answers left the outcome unknown
+	closes   []chaosClose                 // sockets ended by the servers (or the network)
+	rehomes  []chaosRehome
+	gaveUp   int // posts retried for 2 minutes without a definite outcome
 
-	refused, unknownRetries atomic.Int64
-	ringChanges             atomic.Int64
-	faultsDone              []string
+	ringChanges atomic.Int64
+	faultsDone  []string
+}
+
+type chaosClose struct {
+	at   time.Time
+	code int // 0: the socket ended without a close frame
+}
+
+type chaosRehome struct {
+	at   time.Time // when the socket was lost
+	took time.Duration
 }
 
 type chaosDevice struct {
-	user   string
-	c      *client.Client
-	mu     sync.Mutex
-	frames []wire.ServerFrame
-	lostAt time.Time
-	done   chan error
+	user    string
+	c       *client.Client
+	mu      sync.Mutex
+	frames  []chaosFrame
+	lostAt  time.Time
+	gateway string // of the current or last socket
+	done    chan error
+}
+
+type chaosFrame struct {
+	wire.ServerFrame
+	at time.Time
 }
 
 func newChaosRun(ctx context.Context, cfg chaosConfig) (*chaosRun, error) {
-	r := &chaosRun{cfg: cfg, http: &http.Client{Timeout: 60 * time.Second}, rng: rand.New(rand.NewPCG(cfg.seed, 1)), accepted: map[string]map[uint64]string{}}
+	r := newRun(cfg, devState{})
 	if err := r.control(ctx, http.MethodGet, "/state", &r.state); err != nil {
 		return nil, fmt.Errorf("reading the cluster's state from %s (is herald dev running?): %w", cfg.control, err)
 	}
 	return r, nil
+}
+
+func newRun(cfg chaosConfig, state devState) *chaosRun {
+	return &chaosRun{cfg: cfg, state: state, http: &http.Client{Timeout: 60 * time.Second}, rng: rand.New(rand.NewPCG(cfg.seed, 1)),
+		accepted: map[string]map[uint64]string{}, posts: map[string]time.Time{}}
 }
 
 func (r *chaosRun) control(ctx context.Context, method, path string, out any) error {
@@ -209,13 +248,32 @@ func (r *chaosRun) control(ctx context.Context, method, path string, out any) er
 }
 
 func (r *chaosRun) run(ctx context.Context) error {
-	start := time.Now()
 	runID := strconv.FormatUint(r.cfg.seed%1_000_000, 36)
 	fmt.Printf("chaos: %d users, %.0f notifications/s for %v, a fault every %v from %v (seed %d)\n",
 		r.cfg.users, r.cfg.rate, r.cfg.duration, r.cfg.faultEvery, r.cfg.faults, r.cfg.seed)
-
 	cctx, stopClients := context.WithCancel(context.Background())
 	defer stopClients()
+	if err := r.connectUsers(ctx, cctx, runID); err != nil {
+		return err
+	}
+	wctx, stopWatch := context.WithCancel(ctx)
+	var bg sync.WaitGroup
+	bg.Go(func() { r.watchRing(wctx) })
+	pctx, stopPublishing := context.WithTimeout(ctx, r.cfg.duration)
+	defer stopPublishing()
+	bg.Go(func() { r.injectFaults(pctx) })
+	r.publish(pctx, runID)
+	late := r.settle()
+	stopWatch()
+	bg.Wait()
+	r.stopUsers(stopClients)
+	return r.report(late)
+}
+
+// connectUsers starts one device per user, living until cctx ends, and
+// waits (bounded by ctx) until every one has had its hello.
+func (r *chaosRun) connectUsers(ctx, cctx context.Context, runID string) error {
+	start := time.Now()
 	for i := range r.cfg.users {
 		d, err := r.startDevice(cctx, fmt.Sprintf("chaos-%s-%d", runID, i), i)
 		if err != nil {
@@ -234,32 +292,29 @@ func (r *chaosRun) run(ctx context.Context) error {
 		return fmt.Errorf("users did not all connect: %w", err)
 	}
 	fmt.Printf("chaos: %d users connected in %v\n", len(r.devices), time.Since(start).Round(time.Millisecond))
+	return nil
+}
 
-	wctx, stopWatch := context.WithCancel(ctx)
-	var bg sync.WaitGroup
-	bg.Go(func() { r.watchRing(wctx) })
-	pctx, stopPublishing := context.WithTimeout(ctx, r.cfg.duration)
-	defer stopPublishing()
-	bg.Go(func() { r.injectFaults(pctx) })
-	r.publish(pctx, runID)
-	published := time.Now()
+// settle waits up to the settle time for every accepted notification to
+// arrive, and reports whether some had not.
+func (r *chaosRun) settle() (late bool) {
 	fmt.Printf("chaos: publishing stopped: %d accepted (%.0f/s), %d refused; waiting up to %v for delivery\n",
-		r.count(), float64(r.count())/r.cfg.duration.Seconds(), r.refused.Load(), r.cfg.settle)
-
-	deadline := published.Add(r.cfg.settle)
-	for time.Now().Before(deadline) && !r.allArrived() {
+		r.count(), float64(r.count())/r.cfg.duration.Seconds(), r.refusedCount(), r.cfg.settle)
+	deadline := time.Now().Add(r.cfg.settle)
+	for time.Now().Before(deadline) && !r.allArrived(time.Now()) {
 		time.Sleep(100 * time.Millisecond)
 	}
-	late := !r.allArrived()
-	stopWatch()
-	bg.Wait()
-	stopClients()
+	return !r.allArrived(time.Now())
+}
+
+// stopUsers ends every device and reports clients that failed.
+func (r *chaosRun) stopUsers(stop context.CancelFunc) {
+	stop()
 	for _, d := range r.devices {
 		if err := <-d.done; err != nil && !errors.Is(err, context.Canceled) {
 			fmt.Printf("chaos: %s's client: %v\n", d.user, err)
 		}
 	}
-	return r.report(late)
 }
 
 func (r *chaosRun) startDevice(ctx context.Context, user string, i int) (*chaosDevice, error) {
@@ -271,26 +326,34 @@ func (r *chaosRun) startDevice(ctx context.Context, user string, i int) (*chaosD
 		BackoffBase: 100 * time.Millisecond, BackoffMax: 2 * time.Second,
 		OnFrame: func(_ string, f wire.ServerFrame) {
 			d.mu.Lock()
-			d.frames = append(d.frames, f)
+			d.frames = append(d.frames, chaosFrame{f, time.Now()})
 			d.mu.Unlock()
 		},
 		OnEvent: func(e client.Event) {
 			if e.Kind != client.EventStatus {
 				return
 			}
-			var rehome time.Duration
+			now := time.Now()
+			var lost, back time.Time
 			d.mu.Lock()
 			switch {
 			case !e.Status.Connected && d.lostAt.IsZero():
-				d.lostAt = time.Now()
+				d.lostAt = now
+				lost = now
 			case e.Status.Connected && !d.lostAt.IsZero():
-				rehome, d.lostAt = time.Since(d.lostAt), time.Time{}
+				back, lost, d.lostAt = now, d.lostAt, time.Time{}
+			}
+			if e.Status.Connected {
+				d.gateway = e.Status.Gateway
 			}
 			d.mu.Unlock()
-			if rehome > 0 { // locks are never nested: r.mu is taken alone
-				r.mu.Lock()
-				r.rehomes = append(r.rehomes, rehome)
-				r.mu.Unlock()
+			r.mu.Lock() // never nested: d.mu is released
+			defer r.mu.Unlock()
+			switch {
+			case !back.IsZero():
+				r.rehomes = append(r.rehomes, chaosRehome{at: lost, took: back.Sub(lost)})
+			case !lost.IsZero():
+				r.closes = append(r.closes, chaosClose{at: now, code: e.Status.CloseCode})
 			}
 		},
 	})
@@ -314,10 +377,21 @@ func (d *chaosDevice) hellos() int {
 	return n
 }
 
-func (d *chaosDevice) notifications() []wire.ServerFrame {
+// connected is the gateway of the device's socket that had its hello, or
+// "" if it has none.
+func (d *chaosDevice) connected() string {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	var out []wire.ServerFrame
+	if !d.lostAt.IsZero() || len(d.frames) == 0 {
+		return ""
+	}
+	return d.gateway
+}
+
+func (d *chaosDevice) notifications() []chaosFrame {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var out []chaosFrame
 	for _, f := range d.frames {
 		if f.Type == wire.TypeNotification || f.Type == wire.TypeGap {
 			out = append(out, f)
@@ -361,7 +435,13 @@ func (r *chaosRun) post(n int, runID string) {
 	d := r.devices[n%len(r.devices)]
 	id := fmt.Sprintf("c-%s-%d", runID, n)
 	body, _ := json.Marshal(map[string]any{"user": d.user, "id": id, "data": map[string]int{"n": n}})
-	for attempt := 0; attempt < 100; attempt++ {
+	at := time.Now()
+	r.mu.Lock()
+	r.posts[id] = at
+	r.mu.Unlock()
+	// Until definite, however long an outage lasts (the dispatchers'
+	// dedupe window, 2 minutes, keeps a retry from storing it twice).
+	for attempt := 0; time.Since(at) < 2*time.Minute; attempt++ {
 		base := r.state.Dispatchers[(n+attempt)%len(r.state.Dispatchers)]
 		req, _ := http.NewRequest(http.MethodPost, base+"/v1/notify", bytes.NewReader(body))
 		req.Header.Set("Authorization", "Bearer "+r.state.APIKey)
@@ -386,14 +466,30 @@ func (r *chaosRun) post(n int, runID string) {
 				r.mu.Unlock()
 				return
 			case res.Error.Code == "unavailable" && attempt == 0:
-				r.refused.Add(1) // certainly not stored; a first refusal is final
+				r.mu.Lock()
+				r.refusals = append(r.refusals, at) // certainly not stored; a first refusal is final
+				r.mu.Unlock()
 				return
 			}
 		}
 		// Unknown outcome, or the request itself failed: the same id again.
-		r.unknownRetries.Add(1)
-		time.Sleep(100 * time.Millisecond)
+		if attempt == 0 {
+			r.mu.Lock()
+			r.unknowns = append(r.unknowns, at)
+			r.mu.Unlock()
+		}
+		time.Sleep(min(100*time.Millisecond<<min(attempt, 3), time.Second))
 	}
+	r.mu.Lock()
+	r.gaveUp++
+	r.mu.Unlock()
+}
+
+// unresolved is how many posts never had a definite outcome.
+func (r *chaosRun) unresolved() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.gaveUp
 }
 
 func (r *chaosRun) count() int {
@@ -406,12 +502,22 @@ func (r *chaosRun) count() int {
 	return n
 }
 
-func (r *chaosRun) allArrived() bool {
+func (r *chaosRun) refusedCount() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.refusals)
+}
+
+// allArrived reports whether every notification accepted and first posted
+// before t has arrived at its device.
+func (r *chaosRun) allArrived(t time.Time) bool {
 	for _, d := range r.devices {
 		r.mu.Lock()
 		want := make([]uint64, 0, len(r.accepted[d.user]))
-		for seq := range r.accepted[d.user] {
-			want = append(want, seq)
+		for seq, id := range r.accepted[d.user] {
+			if r.posts[id].Before(t) {
+				want = append(want, seq)
+			}
 		}
 		r.mu.Unlock()
 		got := map[uint64]bool{}
@@ -427,6 +533,16 @@ func (r *chaosRun) allArrived() bool {
 	return true
 }
 
+// get GETs a dispatcher URL with the API key.
+func (r *chaosRun) get(url string) (*http.Response, error) {
+	req, err := http.NewRequest(http.MethodGet, url, nil)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Authorization", "Bearer "+r.state.APIKey)
+	return r.http.Do(req)
+}
+
 // watchRing counts ring changes as a dispatcher sees them.
 func (r *chaosRun) watchRing(ctx context.Context) {
 	last := ""
@@ -434,7 +550,7 @@ func (r *chaosRun) watchRing(ctx context.Context) {
 		var cl struct {
 			Ring string `json:"ring"`
 		}
-		if resp, err := r.http.Get(r.state.Dispatchers[0] + "/v1/cluster"); err == nil {
+		if resp, err := r.get(r.state.Dispatchers[0] + "/v1/cluster"); err == nil {
 			json.NewDecoder(resp.Body).Decode(&cl)
 			resp.Body.Close()
 			if cl.Ring != "" && last != "" && cl.Ring != last {
@@ -523,76 +639,144 @@ func (r *chaosRun) injectFaults(ctx context.Context) {
 }
 
 // report checks every device's raw frames and prints the report.
-func (r *chaosRun) report(late bool) error {
-	var lost, dups, disorder, gaps, delivered int
-	var moves uint64
+// chaosTally is what became of the notifications posted, and of the
+// sockets lost, in one span of a run.
+type chaosTally struct {
+	accepted, delivered, lost, dups, disorder, storedTwice, gaps int
+	unavailable, unknown                                         int
+	closes                                                       map[int]int // by close code; 0: no close frame
+	rehomes                                                      []time.Duration
+}
+
+func (t *chaosTally) closed() int {
+	n := 0
+	for _, c := range t.closes {
+		n += c
+	}
+	return n
+}
+
+// rehome is the p-quantile of the tally's re-homes (socket lost → hello).
+func (t *chaosTally) rehome(p float64) time.Duration {
+	if len(t.rehomes) == 0 {
+		return 0
+	}
+	rs := slices.Sorted(slices.Values(t.rehomes))
+	return rs[min(len(rs)-1, int(float64(len(rs))*p))].Round(time.Millisecond)
+}
+
+// tallies splits the run at bounds (ascending): tally i holds the
+// notifications first posted, and the sockets lost, in [bounds[i-1],
+// bounds[i]) — tally 0 what came before bounds[0], the last what came after
+// the last bound. Gaps count where they arrived.
+func (r *chaosRun) tallies(bounds []time.Time) []chaosTally {
+	ts := make([]chaosTally, len(bounds)+1)
+	for i := range ts {
+		ts[i].closes = map[int]int{}
+	}
+	span := func(t time.Time) *chaosTally {
+		return &ts[sort.Search(len(bounds), func(i int) bool { return bounds[i].After(t) })]
+	}
 	for _, d := range r.devices {
+		frames := d.notifications()
 		r.mu.Lock()
-		want := r.accepted[d.user]
-		r.mu.Unlock()
 		seen := map[uint64]int{}
+		seqOf := map[string]uint64{}
 		var prev uint64
-		for _, f := range d.notifications() {
+		for _, f := range frames {
 			if f.Type == wire.TypeGap {
-				gaps++
+				span(f.at).gaps++
 				continue
 			}
-			seen[f.Seq]++
-			if seen[f.Seq] > 1 {
-				dups++
+			at, ok := r.posts[f.ID]
+			if !ok {
+				at = f.at
+			}
+			t := span(at)
+			t.delivered++
+			if seen[f.Seq]++; seen[f.Seq] > 1 {
+				t.dups++
 			}
 			if f.Seq <= prev {
-				disorder++
+				t.disorder++
 			}
 			prev = f.Seq
-			delivered++
+			// One id at two seqs: a retry of an unknown outcome was stored
+			// as a second notification.
+			if s, ok := seqOf[f.ID]; ok && s != f.Seq {
+				t.storedTwice++
+			}
+			seqOf[f.ID] = f.Seq
 		}
-		for seq := range want {
+		for seq, id := range r.accepted[d.user] {
+			t := span(r.posts[id])
+			t.accepted++
 			if seen[seq] == 0 {
-				lost++
+				t.lost++
 			}
 		}
-		moves += d.c.Stats().Moves
+		r.mu.Unlock()
 	}
 	r.mu.Lock()
-	rehomes := slices.Clone(r.rehomes)
-	r.mu.Unlock()
-	slices.Sort(rehomes)
-	pct := func(p float64) time.Duration {
-		if len(rehomes) == 0 {
-			return 0
+	defer r.mu.Unlock()
+	for _, at := range r.refusals {
+		span(at).unavailable++
+	}
+	for _, at := range r.unknowns {
+		span(at).unknown++
+	}
+	for _, c := range r.closes {
+		span(c.at).closes[c.code]++
+	}
+	for _, h := range r.rehomes {
+		t := span(h.at)
+		t.rehomes = append(t.rehomes, h.took)
+	}
+	return ts
+}
+
+// closeCodes is a tally's closes as "1013×12 4001×3".
+func (t *chaosTally) closeCodes() string {
+	var parts []string
+	for _, code := range slices.Sorted(maps.Keys(t.closes)) {
+		name := strconv.Itoa(code)
+		if code == 0 {
+			name = "none"
 		}
-		return rehomes[min(len(rehomes)-1, int(float64(len(rehomes))*p))].Round(time.Millisecond)
+		parts = append(parts, fmt.Sprintf("%s×%d", name, t.closes[code]))
+	}
+	if len(parts) == 0 {
+		return "-"
+	}
+	return strings.Join(parts, " ")
+}
+
+// report checks every device's raw frames and prints the report.
+func (r *chaosRun) report(late bool) error {
+	all := r.tallies(nil)[0]
+	var moves uint64
+	for _, d := range r.devices {
+		moves += d.c.Stats().Moves
 	}
 	fmt.Printf(`
 chaos report
   faults            %d: %s
-  accepted          %d, %.0f/s (refused while unavailable: %d; retries of unknown outcomes: %d)
+  accepted          %d, %.0f/s (refused while unavailable: %d; posts retried after an unknown outcome: %d)
   delivered frames  %d
   lost              %d
   duplicate frames  %d
   out of order      %d
+  stored twice      %d
   gaps              %d
   late              %v
   ring changes      %d
   moves             %d
+  sockets closed    %d: %s
   re-homes          %d: p50 %v, p99 %v, max %v (socket lost → hello)
-`, len(r.faultsDone), strings.Join(r.faultsDone, "; "), r.count(), float64(r.count())/r.cfg.duration.Seconds(), r.refused.Load(), r.unknownRetries.Load(),
-		delivered, lost, dups, disorder, gaps, late, r.ringChanges.Load(), moves,
-		len(rehomes), pct(.5), pct(.99), pct(1))
-	var problems []string
-	if lost > 0 {
-		problems = append(problems, fmt.Sprintf("%d lost", lost))
-	}
-	if dups > 0 {
-		problems = append(problems, fmt.Sprintf("%d duplicate frames", dups))
-	}
-	if disorder > 0 {
-		problems = append(problems, fmt.Sprintf("%d out of order", disorder))
-	}
-	if gaps > 0 {
-		problems = append(problems, fmt.Sprintf("%d gaps", gaps))
-	}
+`, len(r.faultsDone), strings.Join(r.faultsDone, "; "), r.count(), float64(r.count())/r.cfg.duration.Seconds(), all.unavailable, all.unknown,
+		all.delivered, all.lost, all.dups, all.disorder, all.storedTwice, all.gaps, late, r.ringChanges.Load(), moves,
+		all.closed(), all.closeCodes(), len(all.rehomes), all.rehome(.5), all.rehome(.99), all.rehome(1))
+	problems := all.problems()
 	if late {
 		problems = append(problems, fmt.Sprintf("not everything arrived within %v", r.cfg.settle))
 	}
@@ -608,4 +792,19 @@ chaos report
 	}
 	fmt.Println("chaos: PASS")
 	return nil
+}
+
+// problems are the tally's violations of the delivery guarantee: anything
+// lost, delivered twice, out of order, stored twice, or a gap.
+func (t *chaosTally) problems() []string {
+	var out []string
+	for _, p := range []struct {
+		n    int
+		what string
+	}{{t.lost, "lost"}, {t.dups, "duplicate frames"}, {t.disorder, "out of order"}, {t.storedTwice, "stored twice"}, {t.gaps, "gaps"}} {
+		if p.n > 0 {
+			out = append(out, fmt.Sprintf("%d %s", p.n, p.what))
+		}
+	}
+	return out
 }

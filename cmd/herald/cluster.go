@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -51,13 +52,11 @@ func runCluster(ctx context.Context, args []string) error {
 
 // clusterShape is the names of a cluster's processes.
 type clusterShape struct {
-	dir                                string
-	deployment                         wire.Deployment
-	natsNodes, consulServers           int
-	gateways, dispatchers              int
-	natsCluster                        string
-	natsPrefix, consulPrefix, gwPrefix string
-	dispPrefix, agentPrefix            string
+	dir                      string
+	deployment               wire.Deployment
+	natsNodes, consulServers int
+	gateways, dispatchers    int
+	natsCluster              string
 }
 
 func (c *clusterShape) register(fs *flagSet) {
@@ -193,21 +192,31 @@ func natsConfig(name, cluster string, nodes []string, users []*server.NkeyUser) 
 		routes = append(routes, "nats://"+n+":6222")
 	}
 	tls := map[string]any{"cert_file": "/secrets/" + name + ".pem", "key_file": "/secrets/" + name + ".key", "ca_file": "/secrets/ca.pem", "timeout": 2}
-	return json.MarshalIndent(map[string]any{
+	// NATS's parser takes JSON but not its \u escapes: no HTML escaping
+	// of the subjects' ">".
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	enc.SetIndent("", "  ")
+	err := enc.Encode(map[string]any{
 		"server_name":            name,
 		"listen":                 "0.0.0.0:4222",
 		"http":                   "0.0.0.0:8222",
 		"ping_interval":          natsPingInterval.String(),
 		"ping_max":               natsMaxPingsOut,
-		"lame_duck_duration":     "10s",
+		"lame_duck_duration":     "30s", // nats-server refuses less
 		"lame_duck_grace_period": "2s",
 		"jetstream":              map[string]any{"store_dir": "/data"},
 		"tls":                    tls,
 		"cluster": map[string]any{
 			"name": cluster, "listen": "0.0.0.0:6222", "routes": routes, "tls": tls,
+			// Clients are given every node's name: gossiped addresses
+			// are IPs, which the nodes' certificates do not name.
+			"no_advertise": true,
 		},
 		"authorization": map[string]any{"users": us},
-	}, "", "  ")
+	})
+	return buf.Bytes(), err
 }
 
 // secretWriter writes the cluster's files, keeping the first error.

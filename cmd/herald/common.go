@@ -28,6 +28,7 @@ type common struct {
 	nats          natsFlags
 	consulAddr    string
 	secrets       string
+	secretsFile   string
 	tokenAudience string
 	tokenIssuer   string
 	dev           bool
@@ -41,6 +42,7 @@ func (c *common) register(fs *flagSet) {
 	c.nats.register(fs)
 	fs.StringVar(&c.consulAddr, "consul-addr", "", "Consul agent HTTP address; the agent's token, TLS and address also come from the standard CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN(_FILE), CONSUL_HTTP_SSL, CONSUL_CACERT, CONSUL_CLIENT_CERT, CONSUL_CLIENT_KEY, CONSUL_TLS_SERVER_NAME variables (default: CONSUL_HTTP_ADDR, or 127.0.0.1:8500)")
 	fs.StringVar(&c.secrets, "token-secrets", "", "comma-separated secrets (≥ 32 bytes each) that user tokens may be signed with; the first signs dev tokens")
+	fs.StringVar(&c.secretsFile, "token-secrets-file", "", "file holding the token secrets, one per line or comma-separated (e.g. a mounted secret), instead of --token-secrets")
 	fs.StringVar(&c.tokenAudience, "token-audience", "", `if set, user tokens must carry it in "aud" (give dispatchers and gateways the same)`)
 	fs.StringVar(&c.tokenIssuer, "token-issuer", "", `if set, user tokens' "iss" must be it (give dispatchers and gateways the same)`)
 	fs.BoolVar(&c.dev, "dev", false, "development mode, on loopback only and with the well-known dev secret: never in production (see the subcommand)")
@@ -64,6 +66,9 @@ func (c *common) checkDev(apiKeys []string, listen ...string) error {
 		if !loopback(addr) {
 			return fmt.Errorf("--dev refused: it listens on %s, which is not a loopback address (127.0.0.0/8, ::1, localhost), and dev mode gives user tokens and the API key to anyone who can reach it", addr)
 		}
+	}
+	if c.secretsFile != "" {
+		return errors.New("--dev refused with --token-secrets-file: dev mode signs tokens for anyone with the first secret; use real secrets without --dev")
 	}
 	for _, s := range splitList(c.secrets) {
 		if s != devSecret {
@@ -111,8 +116,12 @@ func (c *common) logger(component string) (*slog.Logger, error) {
 }
 
 func (c *common) tokenSecrets() ([][]byte, error) {
+	secrets, err := splitListOrFile("token-secrets", c.secrets, c.secretsFile)
+	if err != nil {
+		return nil, err
+	}
 	var out [][]byte
-	for _, s := range splitList(c.secrets) {
+	for _, s := range secrets {
 		out = append(out, []byte(s))
 	}
 	if len(out) == 0 {

@@ -27,7 +27,6 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -134,28 +133,12 @@ func runDemo(ctx context.Context, args []string) error {
 
 // readSecret reads a secret given either directly or in a file, never both.
 func readSecret(name, value, file string) (string, error) {
-	switch {
-	case value != "" && file != "":
-		return "", fmt.Errorf("--%s and --%s-file: give one", name, name)
-	case file != "":
-		f, err := os.Open(file)
-		if err != nil {
-			return "", fmt.Errorf("--%s-file: %w", name, err)
-		}
-		defer f.Close()
-		b, err := io.ReadAll(io.LimitReader(f, 64<<10))
-		if err != nil {
-			return "", fmt.Errorf("--%s-file: %w", name, err)
-		}
-		if value = strings.TrimSpace(string(b)); value == "" {
-			return "", fmt.Errorf("--%s-file %s is empty", name, file)
-		}
-		return value, nil
-	case value != "":
-		return value, nil
+	v, err := valueOrFile(name, value, file)
+	if err == nil && v == "" {
+		err = fmt.Errorf("no --%s or --%s-file (%s, %s): the demo has no default, so it never runs with a well-known one",
+			name, name, envName(name), envName(name+"-file"))
 	}
-	return "", fmt.Errorf("no --%s or --%s-file (%s, %s): the demo has no default, so it never runs with a well-known one",
-		name, name, envName(name), envName(name+"-file"))
+	return v, err
 }
 
 func cmpOr(s, def string) string {

@@ -24,6 +24,7 @@ func runDispatcher(ctx context.Context, args []string) error {
 	fs.BoolVar(&d.Pprof, "pprof", false, "serve net/http/pprof's profiles on the admin listener")
 	fs.envVar("pprof", "HERALD_DISPATCHER_PPROF")
 	apiKeys := fs.String("api-keys", "", "comma-separated API keys for the publishing endpoints (required unless --dev)")
+	apiKeysFile := fs.String("api-keys-file", "", "file holding the API keys, one per line or comma-separated (e.g. a mounted secret), instead of --api-keys")
 	fs.StringVar(&d.Log.Stream, "stream", "", "JetStream stream of the users' logs (default: the deployment's, HERALD_INBOX without one)")
 	streamFlags(fs, &d.Log)
 	fs.DurationVar(&d.Log.AppendTimeout, "append-timeout", 0, "deadline of one append, retries included: long enough to ride out a JetStream leader election (default 15s)")
@@ -38,7 +39,14 @@ func runDispatcher(ctx context.Context, args []string) error {
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	d.APIKeys = splitList(*apiKeys)
+	keys, err := splitListOrFile("api-keys", *apiKeys, *apiKeysFile)
+	if err != nil {
+		return err
+	}
+	d.APIKeys = keys
+	if c.dev && *apiKeysFile != "" {
+		return errors.New("--dev refused with --api-keys-file: dev mode hands the API key to anyone who asks; use real keys without --dev")
+	}
 	if err := c.checkDev(d.APIKeys, *listen, *adminListen); err != nil {
 		return err
 	}

@@ -3,6 +3,7 @@ package main
 import (
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 )
@@ -93,4 +94,37 @@ func splitList(s string) []string {
 		}
 	}
 	return out
+}
+
+// valueOrFile is the value of flag --name, given either inline or, for a
+// mounted secret, as the contents of --name-file (surrounding whitespace
+// ignored, at most 64 KiB); "" if neither is given. Both at once, or an
+// empty file, is an error.
+func valueOrFile(name, value, file string) (string, error) {
+	switch {
+	case value != "" && file != "":
+		return "", fmt.Errorf("--%s and --%s-file: give one", name, name)
+	case file == "":
+		return value, nil
+	}
+	f, err := os.Open(file)
+	if err != nil {
+		return "", fmt.Errorf("--%s-file: %w", name, err)
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, 64<<10))
+	if err != nil {
+		return "", fmt.Errorf("--%s-file: %w", name, err)
+	}
+	if value = strings.TrimSpace(string(b)); value == "" {
+		return "", fmt.Errorf("--%s-file %s is empty", name, file)
+	}
+	return value, nil
+}
+
+// splitListOrFile is splitList of --name or of --name-file's contents, in
+// which newlines separate items as commas do.
+func splitListOrFile(name, value, file string) ([]string, error) {
+	v, err := valueOrFile(name, value, file)
+	return splitList(strings.ReplaceAll(v, "\n", ",")), err
 }

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -85,4 +87,31 @@ func TestFlagOwnEnvironmentVariable(t *testing.T) {
 		}
 	}()
 	newFlagSet("x", "").envVar("no-such-flag", "HERALD_X")
+}
+
+// TestSplitListOrFile: a list flag's -file form reads one item per line or
+// comma, and refuses both forms at once and an empty file.
+func TestSplitListOrFile(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "keys")
+	if err := os.WriteFile(file, []byte("k1\nk2, k3\n\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	got, err := splitListOrFile("api-keys", "", file)
+	if err != nil || strings.Join(got, "|") != "k1|k2|k3" {
+		t.Errorf("from the file: %q, %v; want k1|k2|k3", got, err)
+	}
+	if got, err := splitListOrFile("api-keys", "a,b", ""); err != nil || strings.Join(got, "|") != "a|b" {
+		t.Errorf("inline: %q, %v; want a|b", got, err)
+	}
+	if _, err := splitListOrFile("api-keys", "a", file); err == nil {
+		t.Error("both --api-keys and --api-keys-file were accepted")
+	}
+	empty := filepath.Join(t.TempDir(), "empty")
+	os.WriteFile(empty, []byte(" \n"), 0o600)
+	if _, err := splitListOrFile("api-keys", "", empty); err == nil {
+		t.Error("an empty --api-keys-file was accepted")
+	}
+	if _, err := splitListOrFile("api-keys", "", filepath.Join(t.TempDir(), "missing")); err == nil {
+		t.Error("a missing --api-keys-file was accepted")
+	}
 }

@@ -34,6 +34,10 @@ func runHealthcheck(ctx context.Context, args []string) error {
 	// A container's health check runs in the container's environment,
 	// where HERALD_TIMEOUT may well mean something to the process checked.
 	fs.envVar("timeout", "HERALD_HEALTHCHECK_TIMEOUT")
+	// Some answers are 200 whatever the state: Consul's /v1/status/leader
+	// answers "" when there is no leader, and an address when there is.
+	contains := fs.String("body-contains", "", "also require the body's first 200 bytes to contain this")
+	fs.envVar("body-contains", "HERALD_HEALTHCHECK_BODY_CONTAINS")
 	// Flags may come before or after the URL: parse stops at the URL, and
 	// parse again takes the flags after it (and the environment), refusing
 	// anything else.
@@ -57,7 +61,7 @@ func runHealthcheck(ctx context.Context, args []string) error {
 	if *timeout <= 0 {
 		return fmt.Errorf("--timeout %v: want a positive duration", *timeout)
 	}
-	line, err := checkHealth(ctx, target, *timeout)
+	line, err := checkHealth(ctx, target, *timeout, *contains)
 	if err != nil {
 		return err
 	}
@@ -68,8 +72,9 @@ func runHealthcheck(ctx context.Context, args []string) error {
 // checkHealth GETs target within timeout and returns one line saying what
 // answered, or an error saying why the answer was not a 2xx. Redirects are
 // not followed (a 3xx is not healthy), and no proxy is used: a health check
-// asks the server itself.
-func checkHealth(ctx context.Context, target string, timeout time.Duration) (string, error) {
+// asks the server itself. A non-empty contains must also be in the start of
+// the body.
+func checkHealth(ctx context.Context, target string, timeout time.Duration, contains string) (string, error) {
 	u, err := url.Parse(target)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		return "", fmt.Errorf("bad URL %q: want http://host[:port]/path or https://…", target)
@@ -108,6 +113,9 @@ func checkHealth(ctx context.Context, target string, timeout time.Duration) (str
 	}
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
 		return "", errors.New(line)
+	}
+	if !strings.Contains(string(body[:n]), contains) {
+		return "", fmt.Errorf("%s (the body does not contain %q)", line, contains)
 	}
 	return line, nil
 }

@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -222,4 +223,19 @@ func withoutEnv(env []string, names ...string) []string {
 		}
 	}
 	return out
+}
+
+// TestHealthcheckBodyContains: with --body-contains, a 200 whose body lacks
+// the text (Consul's /v1/status/leader with no leader: "") is unhealthy.
+func TestHealthcheckBodyContains(t *testing.T) {
+	var leader atomic.Value
+	leader.Store("")
+	srv := healthServer(t, func(w http.ResponseWriter, r *http.Request) { w.Write([]byte(leader.Load().(string))) })
+	if err := runHealthcheckGuarded(t, srv.URL, "--body-contains", ":8300"); err == nil || !strings.Contains(err.Error(), `":8300"`) {
+		t.Errorf("no leader: got %v, want an error naming the missing text", err)
+	}
+	leader.Store(`"172.18.0.3:8300"`)
+	if err := runHealthcheckGuarded(t, srv.URL, "--body-contains", ":8300"); err != nil {
+		t.Errorf("a leader: got %v, want healthy", err)
+	}
 }

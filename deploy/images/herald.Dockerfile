@@ -6,10 +6,13 @@
 #   docker run -e HERALD_HEALTHCHECK_URL=http://127.0.0.1:8080/healthz herald:latest dispatcher --listen 0.0.0.0:8080 ...
 #
 # herald listens on loopback unless told otherwise, so give a container
-# --listen 0.0.0.0:PORT (or HERALD_LISTEN). It writes no files: no data
-# directory here.
+# --listen 0.0.0.0:PORT (or HERALD_LISTEN). The gateway and dispatcher
+# write no files; `herald cluster init` writes a cluster's secrets into
+# /secrets, an empty directory of herald's user, so that a named volume
+# mounted there (deploy/compose) starts out writable by it.
 FROM scratch
 COPY ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
+COPY --chown=65532:65532 secrets /secrets
 COPY herald /usr/local/bin/herald
 # Not root; nothing in herald looks the user up, so there is no /etc/passwd.
 USER 65532:65532
