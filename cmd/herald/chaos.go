@@ -184,6 +184,7 @@ type chaosRun struct {
 	closes   []chaosClose                 // sockets ended by the servers (or the network)
 	rehomes  []chaosRehome
 	gaveUp   int // posts retried for 2 minutes without a definite outcome
+	pending  int // posts being retried after an unknown outcome
 
 	ringChanges atomic.Int64
 	faultsDone  []string
@@ -476,13 +477,26 @@ func (r *chaosRun) post(n int, runID string) {
 		if attempt == 0 {
 			r.mu.Lock()
 			r.unknowns = append(r.unknowns, at)
+			r.pending++
 			r.mu.Unlock()
+			defer func() {
+				r.mu.Lock()
+				r.pending--
+				r.mu.Unlock()
+			}()
 		}
 		time.Sleep(min(100*time.Millisecond<<min(attempt, 3), time.Second))
 	}
 	r.mu.Lock()
 	r.gaveUp++
 	r.mu.Unlock()
+}
+
+// retrying is how many posts are being retried after an unknown outcome.
+func (r *chaosRun) retrying() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.pending
 }
 
 // unresolved is how many posts never had a definite outcome.
@@ -696,8 +710,7 @@ func (r *chaosRun) tallies(bounds []time.Time) []chaosTally {
 			t.delivered++
 			if seen[f.Seq]++; seen[f.Seq] > 1 {
 				t.dups++
-			}
-			if f.Seq <= prev {
+			} else if f.Seq <= prev {
 				t.disorder++
 			}
 			prev = f.Seq

@@ -95,7 +95,7 @@ func (cc *composeConfig) register(fs *flagSet) {
 	fs.StringVar(&cc.project, "project", "", "with --compose, the Compose project (default: the chaos container's own)")
 	fs.StringVar(&cc.secrets, "secrets", "/secrets", "with --compose, the cluster's secrets directory (its api-key and token-secret)")
 	fs.StringVar(&cc.dockerSocket, "docker-socket", "/var/run/docker.sock", "with --compose, the Docker engine's socket")
-	fs.StringVar(&cc.suite, "suite", "short", "with --compose, the fault suite: short (each fault once) or full (the NATS leader kill three times, two Consul servers)")
+	fs.StringVar(&cc.suite, "suite", "short", "with --compose, the fault suite: short (each fault once, the Consul leader only) or full (the NATS leader killed three times, the Consul leader and another server)")
 	fs.IntVar(&cc.rounds, "rounds", 1, "with --compose, how many times to run the suite")
 	fs.DurationVar(&cc.hold, "hold", 30*time.Second, "with --compose, the cluster's hold period (Consul faults last hold + 15 s)")
 	fs.DurationVar(&cc.normalWithin, "normal-within", 2*time.Minute, "with --compose, how long the cluster has to be normal again after a fault")
@@ -152,6 +152,7 @@ func runComposeChaos(ctx context.Context, cfg chaosConfig, cc composeConfig, dis
 		if _, err := c.waitNormal(ctx, cc.normalWithin); err != nil {
 			stopPublishing()
 			<-published
+			r.stopUsers(stopClients)
 			return fmt.Errorf("before fault %d (%s), the cluster is not normal: %w", i+1, f.name, err)
 		}
 		st := composeStage{fault: f, start: time.Now()}
@@ -171,7 +172,7 @@ func runComposeChaos(ctx context.Context, cfg chaosConfig, cc composeConfig, dis
 		}
 	}
 	// A last quiet stretch, so the last fault's posts have time to land.
-	time.Sleep(2 * time.Second)
+	wait(ctx, 2*time.Second)
 	stopPublishing()
 	<-published
 	r.cfg.duration = time.Since(begin)
@@ -282,6 +283,7 @@ func (c *composeChaos) getJSON(ctx context.Context, url string, out any) error {
 var (
 	natsNodes     = []string{"nats-1", "nats-2", "nats-3"}
 	consulServers = []string{"consul-1", "consul-2", "consul-3"}
+	consulAgents  = []string{"agent-gw-1", "agent-gw-2", "agent-gw-3", "agent-disp-1", "agent-disp-2"}
 	gatewayNames  = []string{"gw-1", "gw-2", "gw-3"}
 )
 
@@ -314,7 +316,7 @@ func (c *composeChaos) abnormal(ctx context.Context) string {
 		}
 	}
 	leaders := map[string]bool{}
-	for _, s := range consulServers {
+	for _, s := range append(slices.Clone(consulServers), consulAgents...) {
 		var leader string
 		if err := c.getJSON(ctx, "http://"+s+":8500/v1/status/leader", &leader); err != nil || leader == "" {
 			return s + " knows no Consul leader"
@@ -322,7 +324,12 @@ func (c *composeChaos) abnormal(ctx context.Context) string {
 		leaders[leader] = true
 	}
 	if len(leaders) != 1 {
-		return fmt.Sprintf("the Consul servers name %d leaders", len(leaders))
+		return fmt.Sprintf("the Consul servers and agents name %d leaders", len(leaders))
+	}
+	for _, g := range gatewayNames {
+		if err := c.getJSON(ctx, "http://"+g+".edge:7001/readyz", nil); err != nil {
+			return g + " is not ready"
+		}
 	}
 	var arcs []struct {
 		Start, End float64
@@ -334,15 +341,19 @@ func (c *composeChaos) abnormal(ctx context.Context) string {
 			return d + " is not ready"
 		}
 		var cl struct {
-			Ring    string
-			Members []struct{ ID, State string }
-			Arcs    []struct {
+			Ring     string
+			Degraded bool
+			Members  []struct{ ID, State string }
+			Arcs     []struct {
 				Start, End float64
 				Gateway    string
 			}
 		}
 		if err := c.getJSON(ctx, d+"/v1/cluster", &cl); err != nil {
 			return err.Error()
+		}
+		if cl.Degraded {
+			return d + " reports its view of Consul degraded"
 		}
 		fingerprints[cl.Ring] = true
 		arcs = cl.Arcs
@@ -366,11 +377,18 @@ func (c *composeChaos) abnormal(ctx context.Context) string {
 		}
 		// Keys in (Start, End] belong to the arc's gateway (ring.Arc).
 		p := ring.Position(d.user)
+		owner := ""
 		for _, a := range arcs {
-			if p > a.Start && p <= a.End && a.Gateway != gw {
-				return fmt.Sprintf("%s is on %s, not on its owner %s", d.user, gw, a.Gateway)
+			if p > a.Start && p <= a.End || p == 0 && a.Start == 0 {
+				owner = a.Gateway
 			}
 		}
+		if owner != gw {
+			return fmt.Sprintf("%s is on %s, not on its owner %q", d.user, gw, owner)
+		}
+	}
+	if n := c.run.retrying(); n > 0 {
+		return fmt.Sprintf("%d posts are still being retried", n)
 	}
 	if !c.run.allArrived(time.Now().Add(-time.Second)) {
 		return "accepted notifications have not all arrived"
@@ -406,6 +424,23 @@ func (c *composeChaos) streamLeader(ctx context.Context) (string, error) {
 	return "", fmt.Errorf("no NATS node names a leader of stream %s (%v)", c.stream, lastErr)
 }
 
+// heal runs a fault's repair even when ctx has ended (a Ctrl-C must not
+// leave a node killed, paused or cut off), retrying a failing Docker call
+// for up to two minutes.
+func heal(ctx context.Context, what string, fix func(context.Context) error) error {
+	hctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
+	defer cancel()
+	for {
+		err := fix(hctx)
+		if err == nil {
+			return nil
+		}
+		if wait(hctx, time.Second) != nil {
+			return fmt.Errorf("healing (%s): %w", what, err)
+		}
+	}
+}
+
 // down stops a service's container for d (kill: SIGKILL; otherwise its
 // stop signal, waiting for it to exit), then starts it again.
 func (c *composeChaos) down(ctx context.Context, service string, kill bool, d time.Duration) error {
@@ -416,15 +451,13 @@ func (c *composeChaos) down(ctx context.Context, service string, kill bool, d ti
 	if kill {
 		err = c.docker.kill(ctx, ct.ID)
 	} else {
-		err = c.docker.stop(ctx, ct.ID, 50*time.Second)
+		err = c.docker.stop(ctx, ct.ID)
 	}
 	if err != nil {
 		return err
 	}
-	if err := wait(ctx, d); err != nil {
-		return err
-	}
-	return c.docker.start(ctx, ct.ID)
+	werr := wait(ctx, d)
+	return errors.Join(werr, heal(ctx, "start "+service, func(ctx context.Context) error { return c.docker.start(ctx, ct.ID) }))
 }
 
 func (c *composeChaos) killStreamLeader(ctx context.Context) error {
@@ -455,10 +488,7 @@ func (c *composeChaos) freezeNATS(ctx context.Context) error {
 		return err
 	}
 	werr := wait(ctx, 20*time.Second)
-	if err := c.docker.unpause(ctx, ct.ID); err != nil {
-		return err
-	}
-	return werr
+	return errors.Join(werr, heal(ctx, "unpause "+busiest, func(ctx context.Context) error { return c.docker.unpause(ctx, ct.ID) }))
 }
 
 // killConsul kills the leader (or another server) for hold + 15 s.
@@ -468,20 +498,24 @@ func (c *composeChaos) killConsul(ctx context.Context, leader bool) error {
 		return fmt.Errorf("no Consul leader: %v", err)
 	}
 	ip, _, _ := net.SplitHostPort(addr)
-	target := ""
+	var leaders, others []string
 	for _, s := range consulServers {
 		ct, err := c.container(ctx, s)
 		if err != nil {
 			return err
 		}
-		isLeader := ct.NetworkSettings.Networks[c.networks["consul"]].IPAddress == ip
-		if isLeader == leader {
-			target = s
-			break
+		if ct.NetworkSettings.Networks[c.networks["consul"]].IPAddress == ip {
+			leaders = append(leaders, s)
+		} else {
+			others = append(others, s)
 		}
 	}
-	if target == "" {
-		return fmt.Errorf("no Consul server matches (leader %s)", addr)
+	if len(leaders) != 1 {
+		return fmt.Errorf("the leader %s is not exactly one Consul server's address (%v)", addr, leaders)
+	}
+	target := others[0]
+	if leader {
+		target = leaders[0]
 	}
 	c.note("killed %s (the leader is %s)", target, addr)
 	return c.down(ctx, target, true, c.hold+15*time.Second)
@@ -504,13 +538,7 @@ func (c *composeChaos) cut(ctx context.Context, service, network string, d time.
 		derr = during(dctx)
 	}
 	<-dctx.Done()
-	if err := reconnect(ctx); err != nil {
-		return err
-	}
-	if ctx.Err() != nil {
-		return ctx.Err()
-	}
-	return derr
+	return errors.Join(derr, ctx.Err(), heal(ctx, "reconnect "+service+" to "+network, reconnect))
 }
 
 func (c *composeChaos) cutGatewayFromNATS(ctx context.Context) error {
@@ -529,7 +557,7 @@ func (c *composeChaos) cutDispatcherFromNATS(ctx context.Context) error {
 	start := time.Now()
 	return c.cut(ctx, "disp-2", "nats", 20*time.Second, func(ctx context.Context) error {
 		for ctx.Err() == nil {
-			if err := c.getJSON(ctx, c.run.state.Dispatchers[1]+"/readyz", nil); err != nil {
+			if err := c.getJSON(ctx, "http://disp-2.edge:8080/readyz", nil); err != nil {
 				c.note("cut disp-2 off from NATS: not ready after %v", time.Since(start).Round(100*time.Millisecond))
 				return nil
 			}
@@ -580,18 +608,15 @@ func (c *composeChaos) natsAllDown(ctx context.Context) error {
 		}
 		ids = append(ids, ct.ID)
 	}
+	var errs []error
 	for _, id := range ids {
-		if err := c.docker.kill(ctx, id); err != nil {
-			return err
-		}
+		errs = append(errs, c.docker.kill(ctx, id))
 	}
-	werr := wait(ctx, c.hold+15*time.Second)
-	for _, id := range ids {
-		if err := c.docker.start(ctx, id); err != nil {
-			return err
-		}
+	errs = append(errs, wait(ctx, c.hold+15*time.Second))
+	for i, id := range ids {
+		errs = append(errs, heal(ctx, "start "+natsNodes[i], func(ctx context.Context) error { return c.docker.start(ctx, id) }))
 	}
-	return werr
+	return errors.Join(errs...)
 }
 
 // until polls check until it succeeds or within passes.

@@ -29,7 +29,7 @@ func newDockerClient(socket string) *dockerClient {
 			return d.DialContext(ctx, "unix", socket)
 		}},
 		// A stop waits for the container's own grace period (45 s at most
-		// in deploy/compose), which the request's t bounds.
+		// in deploy/compose).
 		Timeout: 2 * time.Minute,
 	}}
 }
@@ -123,10 +123,11 @@ func (d *dockerClient) kill(ctx context.Context, id string) error {
 	return d.do(ctx, http.MethodPost, "/containers/"+id+"/kill?signal=KILL", nil, nil)
 }
 
-// stop sends the container's stop signal and waits up to grace for it to
-// exit before killing it.
-func (d *dockerClient) stop(ctx context.Context, id string, grace time.Duration) error {
-	return d.do(ctx, http.MethodPost, fmt.Sprintf("/containers/%s/stop?t=%d", id, int(grace.Seconds())), nil, nil)
+// stop sends the container's stop signal and waits for it to exit, killing
+// it after its own stop timeout (Compose's stop_grace_period): a t in the
+// request would replace that one.
+func (d *dockerClient) stop(ctx context.Context, id string) error {
+	return d.do(ctx, http.MethodPost, "/containers/"+id+"/stop", nil, nil)
 }
 
 func (d *dockerClient) start(ctx context.Context, id string) error {

@@ -27,10 +27,15 @@ if ! docker version >/dev/null 2>&1; then
 	exit 0
 fi
 
+if ! docker-compose version >/dev/null 2>&1; then
+	echo "fault suite: FAIL: a Docker engine answers but docker-compose does not (apt-get install docker-compose)" >&2
+	exit 1
+fi
+
 stage() { printf 'fault suite: %-28s at %4ds\n' "$1" "$SECONDS"; }
 
 docker version --format 'fault suite: Docker engine {{.Server.Version}} (API {{.Server.APIVersion}}), client {{.Client.Version}}'
-echo "fault suite: $(docker-compose version 2>/dev/null | head -1 || echo 'docker-compose: not found')"
+echo "fault suite: docker-compose $(docker-compose version --short)"
 
 stage "building the images"
 "${MAKE:-make}" -C "$root" --no-print-directory images >/dev/null
