@@ -790,17 +790,27 @@ chaos report
 		all.delivered, all.lost, all.dups, all.disorder, all.storedTwice, all.gaps, late, r.ringChanges.Load(), moves,
 		all.closed(), all.closeCodes(), len(all.rehomes), all.rehome(.5), all.rehome(.99), all.rehome(1))
 	problems := all.problems()
-	if late {
-		problems = append(problems, fmt.Sprintf("not everything arrived within %v", r.cfg.settle))
-	}
 	if int(r.ringChanges.Load()) < r.cfg.minChanges {
 		problems = append(problems, fmt.Sprintf("the ring changed %d times, want at least %d", r.ringChanges.Load(), r.cfg.minChanges))
+	}
+	return r.verdict(problems, late)
+}
+
+// verdict adds the checks of every run to problems — everything arrived
+// in time, every post had a definite outcome, something was accepted —
+// prints the verdict, and fails the run if there is any problem.
+func (r *chaosRun) verdict(problems []string, late bool) error {
+	if late {
+		problems = append(problems, fmt.Sprintf("not everything arrived within %v of the end", r.cfg.settle))
+	}
+	if n := r.unresolved(); n > 0 {
+		problems = append(problems, fmt.Sprintf("%d posts never had a definite outcome", n))
 	}
 	if r.count() == 0 {
 		problems = append(problems, "nothing was accepted")
 	}
 	if len(problems) > 0 {
-		fmt.Printf("chaos: FAIL: %s\n", strings.Join(problems, ", "))
+		fmt.Printf("chaos: FAIL:\n  %s\n", strings.Join(problems, "\n  "))
 		return errors.New("chaos run failed")
 	}
 	fmt.Println("chaos: PASS")

@@ -678,19 +678,5 @@ func (c *composeChaos) report(stages []composeStage, late bool, took time.Durati
 			fmt.Printf("  %d %s: %s\n", i+1, st.fault.name, st.note)
 		}
 	}
-	if late {
-		problems = append(problems, fmt.Sprintf("not everything arrived within %v of the end", c.run.cfg.settle))
-	}
-	if unresolved := c.run.unresolved(); unresolved > 0 {
-		problems = append(problems, fmt.Sprintf("%d posts never had a definite outcome", unresolved))
-	}
-	if c.run.count() == 0 {
-		problems = append(problems, "nothing was accepted")
-	}
-	if len(problems) > 0 {
-		fmt.Printf("chaos: FAIL:\n  %s\n", strings.Join(problems, "\n  "))
-		return errors.New("chaos run failed")
-	}
-	fmt.Println("chaos: PASS")
-	return nil
+	return c.run.verdict(problems, late)
 }
