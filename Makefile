@@ -52,7 +52,8 @@ test: deps build ## go vet, herald.js tests, every Go test with -race (unit, int
 chaos-cluster: ## the full Compose fault suite on a real cluster (needs Docker): NATS, Consul, gateway and dispatcher faults
 	deploy/compose/fault-suite.sh full --rounds 2
 
-bench: ## run the benchmarks
+bench: build ## herald bench's scenarios against a fresh herald dev (reports in data/bench/), then the ring's micro-benchmarks
+	deploy/bench/run.sh
 	$(GO) test -run '^$$' -bench . -benchmem ./ring/...
 
 lint: ## go vet and staticcheck

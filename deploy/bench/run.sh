@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# run.sh: `make bench` — a short run of every herald bench scenario against
+# a fresh herald dev of its own (port offset 20000, its own data directory),
+# writing each report's JSON into data/bench/. The cluster's dispatchers get
+# a per-key rate limit above any rate the bench offers (HERALD_RATE_LIMIT),
+# so the server, not the limiter, is measured. Everything it starts is
+# stopped when it ends, also when it fails.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/../.." && pwd)
+herald=$root/bin/herald
+out=$root/data/bench
+dir=$(mktemp -d /tmp/herald-bench-XXXXXX)
+mkdir -p "$out"
+
+HERALD_RATE_LIMIT=1000000 HERALD_RATE_BURST=1000000 \
+	"$herald" dev --port-offset 20000 --dir "$dir" --log-level warn >"$dir/dev.log" 2>&1 &
+dev=$!
+cleanup() {
+	kill -TERM "$dev" 2>/dev/null || true
+	wait "$dev" 2>/dev/null || true
+	rm -rf "$dir"
+}
+trap cleanup EXIT
+for _ in $(seq 120); do
+	grep -q "herald dev is up" "$dir/dev.log" && break
+	kill -0 "$dev" 2>/dev/null || { cat "$dir/dev.log"; exit 1; }
+	sleep 1
+done
+grep -q "herald dev is up" "$dir/dev.log" || { echo "herald dev not up within 2 minutes"; tail -40 "$dir/dev.log"; exit 1; }
+
+state=$dir/state.json
+"$herald" bench ring --keys "${BENCH_KEYS:-10000000}" --out "$out/ring.json"
+"$herald" bench notify --state "$state" --users 1000 --step "${BENCH_STEP:-5s}" --out "$out/notify.json"
+"$herald" bench batch --state "$state" --users 1000 --step "${BENCH_STEP:-5s}" --out "$out/batch.json"
+"$herald" bench fan-in --state "$state" --users 10 --step "${BENCH_STEP:-5s}" --out "$out/fan-in.json"
+echo "bench: reports in $out"
