@@ -18,7 +18,7 @@ import (
 // --out, JSON). The scenarios are bounded in time and count.
 func runBench(ctx context.Context, args []string) error {
 	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
-		return errors.New("usage: herald bench ring|notify|batch|fan-in [flags]; herald bench SCENARIO --help for its flags")
+		return errors.New("usage: herald bench ring|notify|batch|fan-in|broadcast|replay [flags]; herald bench SCENARIO --help for its flags")
 	}
 	scenario, args := args[0], args[1:]
 	fs := newFlagSet("bench "+scenario, "Measure a running herald cluster (default: herald dev's) in the "+scenario+" scenario; print a table, and JSON with --out.")
@@ -26,6 +26,8 @@ func runBench(ctx context.Context, args []string) error {
 	out := fs.String("out", "", "also write the report as JSON to this file")
 	var rc bench.RingConfig
 	var nc bench.NotifyConfig
+	var bc bench.BroadcastConfig
+	var rp bench.ReplayConfig
 	sizes := "10,100,1000"
 	switch scenario {
 	case "ring":
@@ -44,8 +46,15 @@ func runBench(ctx context.Context, args []string) error {
 		if scenario == "fan-in" {
 			fs.IntVar(&nc.FanIn, "fan-in-users", 10, "users every notification goes to one of")
 		}
+	case "broadcast":
+		fs.IntVar(&bc.Sockets, "sockets", 1000, "connected sockets, one user each")
+		fs.Float64Var(&bc.Rate, "rate", 10, "broadcasts per second")
+		fs.DurationVar(&bc.Duration, "duration", 10*time.Second, "how long to broadcast")
+	case "replay":
+		fs.IntVar(&rp.Users, "users", 1000, "users, each with --stored notifications, connecting at once")
+		fs.IntVar(&rp.Stored, "stored", 100, "notifications stored per user before it connects")
 	default:
-		return fmt.Errorf("herald bench: unknown scenario %q (ring, notify, batch, fan-in)", scenario)
+		return fmt.Errorf("herald bench: unknown scenario %q (ring, notify, batch, fan-in, broadcast, replay)", scenario)
 	}
 	if err := parse(fs, args); err != nil {
 		return err
@@ -69,8 +78,17 @@ func runBench(ctx context.Context, args []string) error {
 		if t, err = benchTarget(*statePath); err != nil {
 			return err
 		}
-		nc.Progress = os.Stderr
-		err = bench.Notify(ctx, t, nc, r)
+		switch scenario {
+		case "broadcast":
+			bc.Progress = os.Stderr
+			err = bench.Broadcast(ctx, t, bc, r)
+		case "replay":
+			rp.Progress = os.Stderr
+			err = bench.Replay(ctx, t, rp, r)
+		default:
+			nc.Progress = os.Stderr
+			err = bench.Notify(ctx, t, nc, r)
+		}
 	}
 	if err != nil {
 		return err

@@ -1,0 +1,267 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/HdrHistogram/hdrhistogram-go"
+	"github.com/heraldpush/herald/gateway/client"
+	"github.com/heraldpush/herald/gateway/token"
+	"github.com/heraldpush/herald/gateway/wire"
+)
+
+// devices connects n users (one device each, named by prefix), calling
+// onFrame for every frame, and waits until all have had their hello. The
+// devices live until cctx ends.
+func devices(ctx, cctx context.Context, t *Target, prefix string, n int, since uint64, onFrame func(user string, f wire.ServerFrame)) ([]string, error) {
+	secret := []byte(t.TokenSecret)
+	var hellos atomic.Int64
+	users := make([]string, n)
+	for i := range n {
+		user := fmt.Sprintf("%s-%d", prefix, i)
+		users[i] = user
+		c, err := client.New(client.Config{
+			Dispatcher: t.Dispatchers[i%len(t.Dispatchers)],
+			Token:      func(context.Context) (string, error) { return token.Sign(secret, user, time.Hour) },
+			Since:      since,
+			OnFrame:    func(_ string, f wire.ServerFrame) { onFrame(user, f) },
+			OnEvent: func(e client.Event) {
+				if e.Kind == client.EventStatus && e.Status.Connected {
+					hellos.Add(1)
+				}
+			},
+		})
+		if err != nil {
+			return nil, err
+		}
+		go c.Run(cctx)
+	}
+	deadline := time.Now().Add(2 * time.Minute)
+	for hellos.Load() < int64(n) {
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("only %d of %d users connected within 2 minutes", hellos.Load(), n)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	return users, nil
+}
+
+// post POSTs body as JSON to path on a dispatcher and returns the status.
+func (t *Target) post(hc *http.Client, i int, path string, body any) (int, error) {
+	b, err := json.Marshal(body)
+	if err != nil {
+		return 0, err
+	}
+	req, err := http.NewRequest(http.MethodPost, t.Dispatchers[i%len(t.Dispatchers)]+path, bytes.NewReader(b))
+	if err != nil {
+		return 0, err
+	}
+	req.Header.Set("Authorization", "Bearer "+t.APIKey)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := hc.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return resp.StatusCode, nil
+}
+
+// BroadcastConfig is the broadcast scenario: Sockets connected devices,
+// and Rate broadcasts a second for Duration, each to every socket.
+type BroadcastConfig struct {
+	Sockets  int           // default 1000
+	Rate     float64       // broadcasts per second (default 10)
+	Duration time.Duration // default 10 s
+	Progress io.Writer
+}
+
+// Broadcast measures deliveries per second and the latency from each
+// broadcast's scheduled time to every socket's frame.
+func Broadcast(ctx context.Context, t *Target, cfg BroadcastConfig, r *Report) error {
+	cfg.Sockets = cmpOr(cfg.Sockets, 1000)
+	cfg.Rate = cmpOr(cfg.Rate, 10)
+	cfg.Duration = cmpOr(cfg.Duration, 10*time.Second)
+	run := runID()
+	var (
+		mu        sync.Mutex
+		hist      = hdrhistogram.New(1, 60_000_000, 3)
+		delivered atomic.Int64
+	)
+	cctx, stop := context.WithCancel(context.Background())
+	defer stop()
+	_, err := devices(ctx, cctx, t, "bench-bc-"+run, cfg.Sockets, 0, func(_ string, f wire.ServerFrame) {
+		if f.Type != wire.TypeBroadcast {
+			return
+		}
+		var d struct {
+			Run string `json:"run"`
+			Due int64  `json:"due"`
+		}
+		if json.Unmarshal(f.Data, &d) != nil || d.Run != run {
+			return
+		}
+		delivered.Add(1)
+		lat := time.Now().UnixNano() - d.Due
+		mu.Lock()
+		hist.RecordValue(max(lat/1000, 1))
+		mu.Unlock()
+	})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(progress(cfg.Progress), "bench broadcast: %d sockets connected\n", cfg.Sockets)
+	hc := &http.Client{Timeout: 30 * time.Second}
+	n := int(cfg.Rate * cfg.Duration.Seconds())
+	var errs atomic.Int64
+	var wg sync.WaitGroup
+	cpu0, t0 := t.cpuTimes(), time.Now()
+	start := time.Now().Add(50 * time.Millisecond)
+	for k := 0; k < n && ctx.Err() == nil; k++ {
+		due := start.Add(time.Duration(float64(k) / cfg.Rate * float64(time.Second)))
+		waitUntil(due)
+		wg.Go(func() {
+			status, err := t.post(hc, k, "/v1/broadcast", map[string]any{"data": map[string]any{"run": run, "due": due.UnixNano()}})
+			if err != nil || status != http.StatusAccepted {
+				errs.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	want := int64(n) * int64(cfg.Sockets)
+	for end := time.Now().Add(5 * time.Second); delivered.Load() < want && time.Now().Before(end); {
+		time.Sleep(20 * time.Millisecond)
+	}
+	took := time.Since(t0).Seconds()
+	cpu := cpuUsed(cpu0, t.cpuTimes())
+	r.Add("broadcast: sockets", "", float64(cfg.Sockets))
+	r.Add("broadcast: broadcasts", "/s", cfg.Rate)
+	r.Add("broadcast: deliveries", "/s", float64(delivered.Load())/cfg.Duration.Seconds())
+	r.Add("broadcast: delivered of sent × sockets", "%", 100*float64(delivered.Load())/float64(max(want, 1)))
+	r.Add("broadcast: errors", "", float64(errs.Load()))
+	mu.Lock()
+	for _, q := range []float64{50, 99} {
+		r.Add(fmt.Sprintf("broadcast: p%g POST→socket", q), "ms", float64(hist.ValueAtQuantile(q))/1000)
+	}
+	mu.Unlock()
+	r.Add("broadcast: server CPU", "cores", cpu/took)
+	if d := delivered.Load(); d > 0 {
+		r.Add("broadcast: server CPU per delivery", "µs", cpu/float64(d)*1e6)
+	}
+	return nil
+}
+
+// ReplayConfig is the replay scenario: Users users with Stored
+// notifications each in their logs connect fresh devices (since 0).
+type ReplayConfig struct {
+	Users    int // default 1000
+	Stored   int // notifications per user (default 100, the default retention)
+	Progress io.Writer
+}
+
+// Replay stores the notifications first (no device connected), then
+// connects every user at once and measures, per user, the time from the
+// start of its connect until it has received all of them.
+func Replay(ctx context.Context, t *Target, cfg ReplayConfig, r *Report) error {
+	cfg.Users = cmpOr(cfg.Users, 1000)
+	cfg.Stored = cmpOr(cfg.Stored, 100)
+	run := runID()
+	prefix := "bench-rp-" + run
+	hc := &http.Client{Timeout: 30 * time.Second}
+	var errs atomic.Int64
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 64)
+	for i := range cfg.Users {
+		for k := 0; k < cfg.Stored; k += 100 {
+			var items []map[string]any
+			for j := k; j < min(k+100, cfg.Stored); j++ {
+				items = append(items, map[string]any{"user": fmt.Sprintf("%s-%d", prefix, i), "data": map[string]int{"j": j}})
+			}
+			sem <- struct{}{}
+			wg.Go(func() {
+				defer func() { <-sem }()
+				if status, err := t.post(hc, i, "/v1/notify/batch", map[string]any{"notifications": items}); err != nil || status != http.StatusAccepted {
+					errs.Add(1)
+				}
+			})
+		}
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	wg.Wait()
+	if errs.Load() > 0 {
+		return fmt.Errorf("storing the replay's notifications: %d batches failed", errs.Load())
+	}
+	fmt.Fprintf(progress(cfg.Progress), "bench replay: %d users × %d notifications stored\n", cfg.Users, cfg.Stored)
+	var (
+		mu     sync.Mutex
+		got    = map[string]int{}
+		caught []time.Duration
+	)
+	start := time.Now()
+	cctx, stop := context.WithCancel(context.Background())
+	defer stop()
+	cpu0 := t.cpuTimes()
+	if _, err := devices(ctx, cctx, t, prefix, cfg.Users, 0, func(user string, f wire.ServerFrame) {
+		if f.Type != wire.TypeNotification {
+			return
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if got[user]++; got[user] == cfg.Stored {
+			caught = append(caught, time.Since(start))
+		}
+	}); err != nil {
+		return err
+	}
+	for end := time.Now().Add(2 * time.Minute); time.Now().Before(end) && ctx.Err() == nil; time.Sleep(20 * time.Millisecond) {
+		mu.Lock()
+		done := len(caught) == cfg.Users
+		mu.Unlock()
+		if done {
+			break
+		}
+	}
+	took := time.Since(start)
+	cpu := cpuUsed(cpu0, t.cpuTimes())
+	mu.Lock()
+	defer mu.Unlock()
+	slices.Sort(caught)
+	q := func(p float64) float64 {
+		if len(caught) == 0 {
+			return 0
+		}
+		return float64(caught[min(len(caught)-1, int(p*float64(len(caught))))].Microseconds()) / 1000
+	}
+	r.Add("replay: users caught up", "", float64(len(caught)))
+	r.Add("replay: time until caught up p50", "ms", q(.5))
+	r.Add("replay: time until caught up p99", "ms", q(.99))
+	r.Add("replay: time until all caught up", "ms", q(1))
+	r.Add("replay: notifications replayed", "/s", float64(len(caught)*cfg.Stored)/took.Seconds())
+	r.Add("replay: server CPU", "cores", cpu/took.Seconds())
+	r.Note("replay: %d users each with %d stored notifications connect at once (since 0); time from the connects' start", cfg.Users, cfg.Stored)
+	if len(caught) < cfg.Users {
+		return fmt.Errorf("replay: only %d of %d users caught up within 2 minutes", len(caught), cfg.Users)
+	}
+	return nil
+}
+
+func progress(w io.Writer) io.Writer {
+	if w == nil {
+		return io.Discard
+	}
+	return w
+}
