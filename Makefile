@@ -2,12 +2,14 @@
 
 CONSUL_VERSION := v1.13.9
 CONSUL         := bin/consul
+CENTRIFUGO_VERSION := v6.9.1
+CENTRIFUGO     := bin/centrifugo
 HERALD         := bin/herald
 GO             ?= go
 VERSION        ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 
 .DEFAULT_GOAL := help
-.PHONY: help deps consul build test bench lint tidy run fuzz chaos chaos-cluster images clean
+.PHONY: help deps consul centrifugo build test bench lint tidy run fuzz chaos chaos-cluster images clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-13s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -52,7 +54,19 @@ test: deps build ## go vet, herald.js tests, every Go test with -race (unit, int
 chaos-cluster: ## the full Compose fault suite on a real cluster (needs Docker): NATS, Consul, gateway and dispatcher faults
 	deploy/compose/fault-suite.sh full --rounds 2
 
-bench: build ## herald bench's scenarios against a fresh herald dev (reports in data/bench/), then the ring's micro-benchmarks
+# bin/centrifugo is the peer herald bench measures herald against, built
+# from the version deploy/bench pins (about 2 minutes the first time).
+centrifugo:
+	@if $(CENTRIFUGO) version 2>/dev/null | grep -q "^Centrifugo $(CENTRIFUGO_VERSION:v%=%) "; then \
+		echo "$(CENTRIFUGO) is Centrifugo $(CENTRIFUGO_VERSION)"; \
+	else \
+		echo "building Centrifugo $(CENTRIFUGO_VERSION) from Go modules into $(CENTRIFUGO)"; \
+		mkdir -p bin && cd deploy/bench && \
+		CGO_ENABLED=0 $(GO) build -ldflags "-X github.com/centrifugal/centrifugo/v6/internal/build.Version=$(CENTRIFUGO_VERSION:v%=%)" \
+			-o ../../$(CENTRIFUGO) github.com/centrifugal/centrifugo/v6; \
+	fi
+
+bench: build centrifugo ## herald bench's scenarios, herald beside Centrifugo, against a fresh herald dev (reports in data/bench/), then the ring's micro-benchmarks
 	deploy/bench/run.sh
 	$(GO) test -run '^$$' -bench . -benchmem ./ring/...
 
@@ -63,7 +77,8 @@ lint: ## go vet and staticcheck
 tidy: ## go mod tidy, failing if it changes go.mod or go.sum
 	$(GO) mod tidy
 	cd deploy/consul && $(GO) mod tidy
-	git diff --exit-code -- go.mod go.sum deploy/consul/go.mod deploy/consul/go.sum
+	cd deploy/bench && $(GO) mod tidy
+	git diff --exit-code -- go.mod go.sum deploy/consul/go.mod deploy/consul/go.sum deploy/bench/go.mod deploy/bench/go.sum
 
 FUZZ_TARGETS := ./ring:FuzzOwner ./gateway/wire:FuzzDecodeClientFrame ./gateway/wire:FuzzDecodeServerFrame \
 	./gateway/wire:FuzzDecodeDoorbell ./dispatcher:FuzzDecodeNotify ./gateway:FuzzEndToEnd

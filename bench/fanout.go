@@ -58,6 +58,31 @@ func devices(ctx, cctx context.Context, t *Target, prefix string, n int, since u
 	return users, nil
 }
 
+// postJSON POSTs body as JSON to path on a dispatcher and decodes a 2xx
+// answer into out.
+func (t *Target) postJSON(hc *http.Client, i int, path string, body, out any) error {
+	b, err := json.Marshal(body)
+	if err != nil {
+		return err
+	}
+	req, err := http.NewRequest(http.MethodPost, t.Dispatchers[i%len(t.Dispatchers)]+path, bytes.NewReader(b))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Authorization", "Bearer "+t.APIKey)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := hc.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode/100 != 2 {
+		io.Copy(io.Discard, resp.Body)
+		return fmt.Errorf("%s: %s", path, resp.Status)
+	}
+	return json.NewDecoder(resp.Body).Decode(out)
+}
+
 // post POSTs body as JSON to path on a dispatcher and returns the status.
 func (t *Target) post(hc *http.Client, i int, path string, body any) (int, error) {
 	b, err := json.Marshal(body)
@@ -127,7 +152,7 @@ func Broadcast(ctx context.Context, t *Target, cfg BroadcastConfig, r *Report) e
 	n := int(cfg.Rate * cfg.Duration.Seconds())
 	var errs atomic.Int64
 	var wg sync.WaitGroup
-	cpu0, t0 := t.cpuTimes(), time.Now()
+	cpu0, t0 := cpuTimes(t.Processes), time.Now()
 	start := time.Now().Add(50 * time.Millisecond)
 	for k := 0; k < n && ctx.Err() == nil; k++ {
 		due := start.Add(time.Duration(float64(k) / cfg.Rate * float64(time.Second)))
@@ -145,7 +170,7 @@ func Broadcast(ctx context.Context, t *Target, cfg BroadcastConfig, r *Report) e
 		time.Sleep(20 * time.Millisecond)
 	}
 	took := time.Since(t0).Seconds()
-	cpu := cpuUsed(cpu0, t.cpuTimes())
+	cpu := cpuUsed(cpu0, cpuTimes(t.Processes))
 	r.Add("broadcast: sockets", "", float64(cfg.Sockets))
 	r.Add("broadcast: broadcasts", "/s", cfg.Rate)
 	r.Add("broadcast: deliveries", "/s", float64(delivered.Load())/cfg.Duration.Seconds())
@@ -214,7 +239,7 @@ func Replay(ctx context.Context, t *Target, cfg ReplayConfig, r *Report) error {
 	start := time.Now()
 	cctx, stop := context.WithCancel(context.Background())
 	defer stop()
-	cpu0 := t.cpuTimes()
+	cpu0 := cpuTimes(t.Processes)
 	if _, err := devices(ctx, cctx, t, prefix, cfg.Users, 0, func(user string, f wire.ServerFrame) {
 		if f.Type != wire.TypeNotification {
 			return
@@ -236,7 +261,7 @@ func Replay(ctx context.Context, t *Target, cfg ReplayConfig, r *Report) error {
 		}
 	}
 	took := time.Since(start)
-	cpu := cpuUsed(cpu0, t.cpuTimes())
+	cpu := cpuUsed(cpu0, cpuTimes(t.Processes))
 	mu.Lock()
 	defer mu.Unlock()
 	slices.Sort(caught)

@@ -1,7 +1,6 @@
 package bench
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -15,9 +14,6 @@ import (
 	"time"
 
 	"github.com/HdrHistogram/hdrhistogram-go"
-	"github.com/heraldpush/herald/gateway/client"
-	"github.com/heraldpush/herald/gateway/token"
-	"github.com/heraldpush/herald/gateway/wire"
 )
 
 // NotifyConfig is the notify scenario (and its batch and fan-in forms):
@@ -92,13 +88,12 @@ func (s Step) sustainable(maxP99 time.Duration) (bool, string) {
 
 // notifyRun is the connected users and what they received.
 type notifyRun struct {
-	cfg     NotifyConfig
-	target  *Target
-	run     string
-	users   []string
-	devices []*client.Client
-	http    *http.Client
-	pad     string
+	cfg   NotifyConfig
+	sys   System
+	run   string
+	users []string
+	http  *http.Client
+	pad   string
 
 	// The current step: its number, and each notification's due time.
 	step      atomic.Int64
@@ -110,9 +105,9 @@ type notifyRun struct {
 
 // Notify runs the scenario into r: at cfg.Rate, or the highest sustainable
 // rate found by bisection to within 5% (each probe one step).
-func Notify(ctx context.Context, t *Target, cfg NotifyConfig, r *Report) error {
+func Notify(ctx context.Context, sys System, cfg NotifyConfig, r *Report) error {
 	cfg.defaults()
-	n := &notifyRun{cfg: cfg, target: t, run: runID(), pad: strings.Repeat("x", max(0, cfg.Payload-40)),
+	n := &notifyRun{cfg: cfg, sys: sys, run: runID(), pad: strings.Repeat("x", max(0, cfg.Payload-40)),
 		http: &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: cfg.Senders, MaxConnsPerHost: cfg.Senders}}}
 	cctx, stop := context.WithCancel(context.Background())
 	defer stop()
@@ -167,50 +162,27 @@ func Notify(ctx context.Context, t *Target, cfg NotifyConfig, r *Report) error {
 }
 
 func (n *notifyRun) connect(ctx, cctx context.Context) error {
-	secret := []byte(n.target.TokenSecret)
-	var hellos atomic.Int64
 	for i := range n.cfg.Users {
-		user := fmt.Sprintf("bench-%s-%d", n.run, i)
-		n.users = append(n.users, user)
-		c, err := client.New(client.Config{
-			Dispatcher: n.target.Dispatchers[i%len(n.target.Dispatchers)],
-			Token:      func(context.Context) (string, error) { return token.Sign(secret, user, time.Hour) },
-			OnFrame:    n.onFrame,
-			OnEvent: func(e client.Event) {
-				if e.Kind == client.EventStatus && e.Status.Connected {
-					hellos.Add(1)
-				}
-			},
-		})
-		if err != nil {
-			return err
-		}
-		n.devices = append(n.devices, c)
-		go c.Run(cctx)
+		n.users = append(n.users, fmt.Sprintf("bench-%s-%d", n.run, i))
 	}
-	deadline := time.Now().Add(2 * time.Minute)
-	for hellos.Load() < int64(n.cfg.Users) {
-		if time.Now().After(deadline) {
-			return fmt.Errorf("only %d of %d users connected within 2 minutes", hellos.Load(), n.cfg.Users)
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(50 * time.Millisecond):
-		}
+	if err := n.sys.Connect(ctx, cctx, n.users, n.onData); err != nil {
+		return err
 	}
-	fmt.Fprintf(n.cfg.Progress, "bench: %d users connected\n", n.cfg.Users)
+	fmt.Fprintf(n.cfg.Progress, "bench: %s: %d users connected\n", n.sys.Name(), n.cfg.Users)
 	return nil
 }
 
-// onFrame records a notification of the current step: its latency from
+// onData records a notification of the current step: its latency from
 // its due time.
-func (n *notifyRun) onFrame(_ string, f wire.ServerFrame) {
-	if f.Type != wire.TypeNotification {
+func (n *notifyRun) onData(_ string, data []byte) {
+	var d struct {
+		BID string `json:"bid"`
+	}
+	if json.Unmarshal(data, &d) != nil {
 		return
 	}
-	// id: b.<run>.<step>.<k>
-	parts := strings.Split(f.ID, ".")
+	// bid: b.<run>.<step>.<k>
+	parts := strings.Split(d.BID, ".")
 	if len(parts) != 4 || parts[1] != n.run || parts[2] != strconv.FormatInt(n.step.Load(), 10) {
 		return
 	}
@@ -261,7 +233,8 @@ func (n *notifyRun) runStep(ctx context.Context, rate float64) Step {
 			}
 		})
 	}
-	cpu0, self0, t0 := n.target.cpuTimes(), selfCPU(), time.Now()
+	procs := n.sys.Procs()
+	cpu0, self0, t0 := cpuTimes(procs), selfCPU(), time.Now()
 	for q := 0; q < requests && ctx.Err() == nil; q++ {
 		waitUntil(start.Add(time.Duration(float64(q) * reqEvery)))
 		jobs <- q
@@ -272,12 +245,12 @@ func (n *notifyRun) runStep(ctx context.Context, rate float64) Step {
 		time.Sleep(20 * time.Millisecond)
 	}
 	took := time.Since(t0).Seconds()
-	cpu1, self1 := n.target.cpuTimes(), selfCPU()
+	cpu1, self1 := cpuTimes(procs), selfCPU()
 	secs := n.cfg.Duration.Seconds()
 	s := Step{Offered: rate, Accepted: float64(accepted.Load()) / secs, Delivered: float64(n.delivered.Load()) / secs,
 		Errors: int(errs.Load()), OnSchedule: float64(onTime.Load()) / float64(max(requests, 1)),
 		ServerCores: cpuUsed(cpu0, cpu1) / took, GeneratorCores: (self1 - self0) / took, ByKind: map[string]float64{}}
-	for _, p := range n.target.Processes {
+	for _, p := range procs {
 		if a, ok := cpu1[p.Name]; ok {
 			s.ByKind[p.Kind] += (a - cpu0[p.Name]) / took
 		}
@@ -295,47 +268,12 @@ func (n *notifyRun) runStep(ctx context.Context, rate float64) Step {
 // post sends notifications first..last-1 (one request) and returns how
 // many were accepted.
 func (n *notifyRun) post(step int64, first, last int) int {
-	item := func(k int) map[string]any {
-		u := n.users[k%len(n.users)]
-		return map[string]any{"user": u, "id": fmt.Sprintf("b.%s.%d.%d", n.run, step, k), "data": map[string]any{"k": k, "pad": n.pad}}
+	var items []Item
+	for k := first; k < last; k++ {
+		id := fmt.Sprintf("b.%s.%d.%d", n.run, step, k)
+		items = append(items, Item{User: n.users[k%len(n.users)], ID: id, Data: map[string]any{"bid": id, "pad": n.pad}})
 	}
-	path, body := "/v1/notify", any(item(first))
-	if n.cfg.Batch > 1 {
-		var items []map[string]any
-		for k := first; k < last; k++ {
-			items = append(items, item(k))
-		}
-		path, body = "/v1/notify/batch", map[string]any{"notifications": items}
-	}
-	b, _ := json.Marshal(body)
-	req, _ := http.NewRequest(http.MethodPost, n.target.Dispatchers[first%len(n.target.Dispatchers)]+path, bytes.NewReader(b))
-	req.Header.Set("Authorization", "Bearer "+n.target.APIKey)
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := n.http.Do(req)
-	if err != nil {
-		return 0
-	}
-	defer resp.Body.Close()
-	if n.cfg.Batch == 1 {
-		io.Copy(io.Discard, resp.Body)
-		if resp.StatusCode == http.StatusAccepted {
-			return 1
-		}
-		return 0
-	}
-	var res struct {
-		Results []struct {
-			Seq uint64 `json:"seq"`
-		} `json:"results"`
-	}
-	json.NewDecoder(resp.Body).Decode(&res)
-	ok := 0
-	for _, it := range res.Results {
-		if it.Seq > 0 {
-			ok++
-		}
-	}
-	return ok
+	return n.sys.Notify(n.http, first, items)
 }
 
 func (n *notifyRun) report(r *Report, name string, s Step) {

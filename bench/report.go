@@ -80,6 +80,22 @@ func (r *Report) Note(format string, args ...any) {
 	r.Notes = append(r.Notes, fmt.Sprintf(format, args...))
 }
 
+// Merge puts the figures of the same scenario measured on the peer beside
+// r's, by name, and the peer's notes after r's.
+func (r *Report) Merge(peer *Report, name string) {
+	for _, pf := range peer.Figures {
+		for i := range r.Figures {
+			if r.Figures[i].Name == pf.Name {
+				v := pf.Value
+				r.Figures[i].Peer = &v
+			}
+		}
+	}
+	for _, n := range peer.Notes {
+		r.Notes = append(r.Notes, name+": "+n)
+	}
+}
+
 // Print writes the report as a table.
 func (r *Report) Print(w io.Writer) {
 	fmt.Fprintf(w, "\nherald bench %s — %s, %d cores, %s, %s; %.0f s\n", r.Scenario, r.Machine.CPU, r.Machine.Cores, r.Machine.Memory, r.Machine.Go, r.Seconds)

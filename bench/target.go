@@ -28,9 +28,9 @@ type Process struct {
 
 // cpuTimes is the CPU seconds (user + system) each process has used so
 // far, by name; a process that cannot be read is left out.
-func (t *Target) cpuTimes() map[string]float64 {
+func cpuTimes(procs []Process) map[string]float64 {
 	out := map[string]float64{}
-	for _, p := range t.Processes {
+	for _, p := range procs {
 		if s, err := procStat(p.PID); err == nil {
 			out[p.Name] = s.CPUTime()
 		}

@@ -1,13 +1,17 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
 	"os"
+	"os/exec"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/heraldpush/herald/bench"
@@ -23,6 +27,9 @@ func runBench(ctx context.Context, args []string) error {
 	scenario, args := args[0], args[1:]
 	fs := newFlagSet("bench "+scenario, "Measure a running herald cluster (default: herald dev's) in the "+scenario+" scenario; print a table, and JSON with --out.")
 	statePath := fs.String("state", "data/dev/state.json", "the herald dev state file naming the cluster's dispatchers, secrets and processes")
+	peer := fs.String("peer", "", "also measure this peer in the same run (notify, batch, fan-in): centrifugo; herald and the peer run one after the other, the other's processes stopped (SIGSTOP)")
+	centrifugoBin := fs.String("centrifugo", "bin/centrifugo", "the Centrifugo binary (make centrifugo builds it)")
+	centrifugoConf := fs.String("centrifugo-config", "deploy/bench/centrifugo.json", "Centrifugo's configuration")
 	out := fs.String("out", "", "also write the report as JSON to this file")
 	var rc bench.RingConfig
 	var nc bench.NotifyConfig
@@ -87,7 +94,9 @@ func runBench(ctx context.Context, args []string) error {
 			err = bench.Replay(ctx, t, rp, r)
 		default:
 			nc.Progress = os.Stderr
-			err = bench.Notify(ctx, t, nc, r)
+			if err = bench.Notify(ctx, t, nc, r); err == nil && *peer != "" {
+				err = benchPeer(ctx, *peer, *centrifugoBin, *centrifugoConf, t, nc, r)
+			}
 		}
 	}
 	if err != nil {
@@ -121,4 +130,81 @@ func benchTarget(path string) (*bench.Target, error) {
 		return nil, fmt.Errorf("%s names no dispatchers or no running processes", path)
 	}
 	return t, nil
+}
+
+// benchPeer measures the peer with the same notify configuration while
+// herald's processes are stopped, and puts its figures beside herald's in r.
+func benchPeer(ctx context.Context, peer, bin, conf string, t *bench.Target, nc bench.NotifyConfig, r *bench.Report) error {
+	if peer != "centrifugo" {
+		return fmt.Errorf("--peer %q: the one peer is centrifugo", peer)
+	}
+	cf, stop, err := startCentrifugo(ctx, bin, conf)
+	if err != nil {
+		return err
+	}
+	defer stop()
+	for _, p := range t.Processes {
+		syscall.Kill(p.PID, syscall.SIGSTOP)
+	}
+	defer func() {
+		for _, p := range t.Processes {
+			syscall.Kill(p.PID, syscall.SIGCONT)
+		}
+	}()
+	pr := &bench.Report{}
+	if err := bench.Notify(ctx, cf, nc, pr); err != nil {
+		return err
+	}
+	r.Merge(pr, "centrifugo")
+	r.Note("peer: Centrifugo (%s, memory engine, personal channel with history 100), measured while herald's processes were stopped", bin)
+	return nil
+}
+
+// startCentrifugo runs Centrifugo on its configuration until stop, and
+// waits for its /health.
+func startCentrifugo(ctx context.Context, bin, conf string) (*bench.Centrifugo, func(), error) {
+	b, err := os.ReadFile(conf)
+	if err != nil {
+		return nil, nil, err
+	}
+	var c struct {
+		HTTPServer struct {
+			Address string `json:"address"`
+			Port    int    `json:"port"`
+		} `json:"http_server"`
+		Client struct {
+			Token struct {
+				HMAC string `json:"hmac_secret_key"`
+			} `json:"token"`
+		} `json:"client"`
+		HTTPAPI struct {
+			Key string `json:"key"`
+		} `json:"http_api"`
+	}
+	if err := json.Unmarshal(b, &c); err != nil {
+		return nil, nil, fmt.Errorf("%s: %w", conf, err)
+	}
+	cmd := exec.Command(bin, "-c", conf)
+	cmd.Stderr = os.Stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		return nil, nil, fmt.Errorf("starting Centrifugo (make centrifugo builds %s): %w", bin, err)
+	}
+	stop := func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		cmd.Wait()
+	}
+	cf := &bench.Centrifugo{URL: fmt.Sprintf("http://%s:%d", cmp.Or(c.HTTPServer.Address, "127.0.0.1"), c.HTTPServer.Port),
+		APIKey: c.HTTPAPI.Key, Secret: c.Client.Token.HMAC, PID: cmd.Process.Pid}
+	if err := waitUntil(ctx, 30*time.Second, func() bool {
+		resp, err := http.Get(cf.URL + "/health")
+		if err == nil {
+			resp.Body.Close()
+		}
+		return err == nil && resp.StatusCode == http.StatusOK
+	}); err != nil {
+		stop()
+		return nil, nil, fmt.Errorf("no answer from Centrifugo's /health: %w", err)
+	}
+	return cf, stop, nil
 }

@@ -4,7 +4,8 @@
 # writing each report's JSON into data/bench/. The cluster's dispatchers get
 # a per-key rate limit above any rate the bench offers (HERALD_RATE_LIMIT),
 # so the server, not the limiter, is measured. Everything it starts is
-# stopped when it ends, also when it fails.
+# stopped when it ends, also when it fails. Centrifugo (bin/centrifugo,
+# make centrifugo) is measured beside herald in notify, batch and fan-in.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 herald=$root/bin/herald
@@ -30,7 +31,10 @@ grep -q "herald dev is up" "$dir/dev.log" || { echo "herald dev not up within 2 
 
 state=$dir/state.json
 "$herald" bench ring --keys "${BENCH_KEYS:-10000000}" --out "$out/ring.json"
-"$herald" bench notify --state "$state" --users 1000 --step "${BENCH_STEP:-5s}" --out "$out/notify.json"
-"$herald" bench batch --state "$state" --users 1000 --step "${BENCH_STEP:-5s}" --out "$out/batch.json"
-"$herald" bench fan-in --state "$state" --users 10 --step "${BENCH_STEP:-5s}" --out "$out/fan-in.json"
+peer=(--peer centrifugo --centrifugo "$root/bin/centrifugo" --centrifugo-config "$root/deploy/bench/centrifugo.json")
+"$herald" bench notify --state "$state" --users 1000 --step "${BENCH_STEP:-5s}" "${peer[@]}" --out "$out/notify.json"
+"$herald" bench batch --state "$state" --users 1000 --step "${BENCH_STEP:-5s}" "${peer[@]}" --out "$out/batch.json"
+"$herald" bench fan-in --state "$state" --users 10 --step "${BENCH_STEP:-5s}" "${peer[@]}" --out "$out/fan-in.json"
+"$herald" bench broadcast --state "$state" --sockets 1000 --rate 10 --duration "${BENCH_STEP:-5s}" --out "$out/broadcast.json"
+"$herald" bench replay --state "$state" --users 1000 --stored 100 --out "$out/replay.json"
 echo "bench: reports in $out"

@@ -1,0 +1,259 @@
+package bench
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"sync/atomic"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/heraldpush/herald/gateway/client"
+	"github.com/heraldpush/herald/gateway/token"
+	"github.com/heraldpush/herald/gateway/wire"
+)
+
+// System is what a scenario measures: herald, or a peer measured the same
+// way on the same machine.
+type System interface {
+	// Name is the system's column in a report.
+	Name() string
+	// Connect connects one device per user, living until cctx ends, and
+	// returns once every one is ready to receive. Each notification a
+	// device receives is passed to onData with its data.
+	Connect(ctx, cctx context.Context, users []string, onData func(user string, data []byte)) error
+	// Notify posts items in one request (a batch if more than one) and
+	// returns how many were accepted.
+	Notify(hc *http.Client, i int, items []Item) int
+	// Procs are every process the system needs, for its CPU.
+	Procs() []Process
+}
+
+// Item is one notification to post.
+type Item struct {
+	User, ID string
+	Data     any
+}
+
+// Name is herald.
+func (t *Target) Name() string { return "herald" }
+
+// Procs are herald's processes.
+func (t *Target) Procs() []Process { return t.Processes }
+
+// Connect connects herald devices through the Go client.
+func (t *Target) Connect(ctx, cctx context.Context, users []string, onData func(string, []byte)) error {
+	secret := []byte(t.TokenSecret)
+	var ready atomic.Int64
+	for i, user := range users {
+		c, err := client.New(client.Config{
+			Dispatcher: t.Dispatchers[i%len(t.Dispatchers)],
+			Token:      func(context.Context) (string, error) { return token.Sign(secret, user, time.Hour) },
+			OnFrame: func(_ string, f wire.ServerFrame) {
+				if f.Type == wire.TypeNotification {
+					onData(user, f.Data)
+				}
+			},
+			OnEvent: func(e client.Event) {
+				if e.Kind == client.EventStatus && e.Status.Connected {
+					ready.Add(1)
+				}
+			},
+		})
+		if err != nil {
+			return err
+		}
+		go c.Run(cctx)
+	}
+	return waitReady(ctx, &ready, len(users))
+}
+
+// Notify posts to /v1/notify, or /v1/notify/batch for several.
+func (t *Target) Notify(hc *http.Client, i int, items []Item) int {
+	one := func(it Item) map[string]any { return map[string]any{"user": it.User, "id": it.ID, "data": it.Data} }
+	if len(items) == 1 {
+		status, err := t.post(hc, i, "/v1/notify", one(items[0]))
+		if err == nil && status == http.StatusAccepted {
+			return 1
+		}
+		return 0
+	}
+	var body []map[string]any
+	for _, it := range items {
+		body = append(body, one(it))
+	}
+	var res struct {
+		Results []struct {
+			Seq uint64 `json:"seq"`
+		} `json:"results"`
+	}
+	if err := t.postJSON(hc, i, "/v1/notify/batch", map[string]any{"notifications": body}, &res); err != nil {
+		return 0
+	}
+	ok := 0
+	for _, r := range res.Results {
+		if r.Seq > 0 {
+			ok++
+		}
+	}
+	return ok
+}
+
+// waitReady waits up to two minutes for n devices to be ready.
+func waitReady(ctx context.Context, ready *atomic.Int64, n int) error {
+	deadline := time.Now().Add(2 * time.Minute)
+	for ready.Load() < int64(n) {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("only %d of %d users connected within 2 minutes", ready.Load(), n)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	return nil
+}
+
+// Centrifugo is the peer: a Centrifugo server, each user subscribed to its
+// personal channel (personal:#<user>, history 100) on connect, published to
+// through its HTTP API. deploy/bench/centrifugo.json is its configuration.
+type Centrifugo struct {
+	URL    string // e.g. http://127.0.0.1:28000
+	APIKey string
+	Secret string // HMAC secret of connection tokens
+	PID    int
+}
+
+// Name is centrifugo.
+func (c *Centrifugo) Name() string { return "centrifugo" }
+
+// Procs is the one server process.
+func (c *Centrifugo) Procs() []Process {
+	return []Process{{Name: "centrifugo", Kind: "centrifugo", PID: c.PID}}
+}
+
+// Connect opens a WebSocket per user speaking Centrifugo's JSON protocol:
+// connect with an HS256 token, answer the server's pings, and pass each
+// publication's data on.
+func (c *Centrifugo) Connect(ctx, cctx context.Context, users []string, onData func(string, []byte)) error {
+	var ready atomic.Int64
+	for _, user := range users {
+		go c.device(cctx, user, &ready, onData)
+	}
+	return waitReady(ctx, &ready, len(users))
+}
+
+func (c *Centrifugo) device(ctx context.Context, user string, ready *atomic.Int64, onData func(string, []byte)) {
+	tok, err := token.Sign([]byte(c.Secret), user, time.Hour)
+	if err != nil {
+		return
+	}
+	ws := "ws" + c.URL[len("http"):] + "/connection/websocket"
+	conn, _, err := websocket.Dial(ctx, ws, nil)
+	if err != nil {
+		return
+	}
+	defer conn.CloseNow()
+	conn.SetReadLimit(1 << 20)
+	hello, _ := json.Marshal(map[string]any{"id": 1, "connect": map[string]any{"token": tok}})
+	if conn.Write(ctx, websocket.MessageText, hello) != nil {
+		return
+	}
+	for {
+		_, msg, err := conn.Read(ctx)
+		if err != nil {
+			return
+		}
+		// A frame holds one or more JSON replies, one per line.
+		sc := bufio.NewScanner(bytes.NewReader(msg))
+		sc.Buffer(make([]byte, 64<<10), 1<<20)
+		for sc.Scan() {
+			line := sc.Bytes()
+			var rep struct {
+				ID      int             `json:"id"`
+				Connect json.RawMessage `json:"connect"`
+				Error   json.RawMessage `json:"error"`
+				Push    *struct {
+					Pub *struct {
+						Data json.RawMessage `json:"data"`
+					} `json:"pub"`
+				} `json:"push"`
+			}
+			if json.Unmarshal(line, &rep) != nil {
+				continue
+			}
+			switch {
+			case string(bytes.TrimSpace(line)) == "{}": // ping
+				if conn.Write(ctx, websocket.MessageText, []byte("{}")) != nil {
+					return
+				}
+			case rep.ID == 1 && rep.Connect != nil:
+				ready.Add(1)
+			case rep.ID == 1 && rep.Error != nil:
+				return
+			case rep.Push != nil && rep.Push.Pub != nil:
+				onData(user, rep.Push.Pub.Data)
+			}
+		}
+	}
+}
+
+// Notify publishes through /api/publish, or /api/batch for several.
+func (c *Centrifugo) Notify(hc *http.Client, _ int, items []Item) int {
+	pub := func(it Item) map[string]any {
+		return map[string]any{"channel": "personal:#" + it.User, "data": it.Data}
+	}
+	if len(items) == 1 {
+		var res struct {
+			Result *struct{} `json:"result"`
+		}
+		if c.api(hc, "/api/publish", pub(items[0]), &res) != nil || res.Result == nil {
+			return 0
+		}
+		return 1
+	}
+	var cmds []map[string]any
+	for _, it := range items {
+		cmds = append(cmds, map[string]any{"publish": pub(it)})
+	}
+	var res struct {
+		Replies []struct {
+			Publish *struct{} `json:"publish"`
+		} `json:"replies"`
+	}
+	if c.api(hc, "/api/batch", map[string]any{"commands": cmds}, &res) != nil {
+		return 0
+	}
+	ok := 0
+	for _, r := range res.Replies {
+		if r.Publish != nil {
+			ok++
+		}
+	}
+	return ok
+}
+
+func (c *Centrifugo) api(hc *http.Client, path string, body, out any) error {
+	b, _ := json.Marshal(body)
+	req, err := http.NewRequest(http.MethodPost, c.URL+path, bytes.NewReader(b))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("X-API-Key", c.APIKey)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := hc.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		io.Copy(io.Discard, resp.Body)
+		return fmt.Errorf("%s: %s", path, resp.Status)
+	}
+	return json.NewDecoder(resp.Body).Decode(out)
+}
