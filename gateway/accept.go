@@ -23,6 +23,14 @@ func (g *Gateway) handleWS(w http.ResponseWriter, r *http.Request) {
 	}
 	defer g.tasks.leave()
 	peer := g.edge.clientAddr(r)
+	// The socket counts at the edge before the upgrade is answered: a
+	// client that has its 101 knows its socket is counted, so the caps hold
+	// exactly for the next one it opens. A refusal is sent after the
+	// upgrade, as a close code the client can act on.
+	release, edgeErr := g.edge.enter(peer)
+	if release != nil {
+		defer release()
+	}
 	c, err := websocket.Accept(w, r, &websocket.AcceptOptions{OriginPatterns: g.cfg.OriginPatterns})
 	if err != nil {
 		return // Accept has answered the HTTP request
@@ -35,7 +43,7 @@ func (g *Gateway) handleWS(w http.ResponseWriter, r *http.Request) {
 	defer g.untrack(c)
 	c.SetReadLimit(g.cfg.MaxFrameBytes)
 
-	s, first, frame, cl := g.accept(c, peer)
+	s, first, frame, cl := g.accept(c, release, edgeErr)
 	if cl != closeNone {
 		g.refuse(c, frame, cl)
 		return
@@ -45,11 +53,12 @@ func (g *Gateway) handleWS(w http.ResponseWriter, r *http.Request) {
 }
 
 // accept takes a new socket from its upgrade to a session attached to its
-// user's hub: the gateway's readiness, the edge's caps, the auth frame, the
+// user's hub: the gateway's readiness, the edge's caps (counted before the
+// upgrade: release uncounts, edgeErr is a refusal), the auth frame, the
 // owner check, the user's limits, and where the session resumes. It returns
 // the session and the frames to send first (hello, maybe a gap), or the
 // close to refuse the socket with, and the frame to send before it (moved).
-func (g *Gateway) accept(c conn, peer string) (_ *session, first [][]byte, frame []byte, _ wire.Close) {
+func (g *Gateway) accept(c conn, release func(), edgeErr error) (_ *session, first [][]byte, frame []byte, _ wire.Close) {
 	ctx := g.users.ctx // not the request's: it ends with the handler's HTTP bookkeeping
 	switch {
 	case !g.serve.Load() || !g.jsOK.Load():
@@ -57,9 +66,8 @@ func (g *Gateway) accept(c conn, peer string) (_ *session, first [][]byte, frame
 	case g.place.fenced.Load():
 		return nil, nil, nil, closeFenced
 	}
-	release, err := g.edge.enter(peer)
-	if err != nil {
-		return nil, nil, nil, closeFor(err)
+	if edgeErr != nil {
+		return nil, nil, nil, closeFor(edgeErr)
 	}
 	f, cl := g.readAuth(c)
 	release()
