@@ -50,8 +50,13 @@ func (t *Target) Connect(ctx, cctx context.Context, users []string, onData func(
 	secret := []byte(t.TokenSecret)
 	var ready atomic.Int64
 	for i, user := range users {
+		var hc *http.Client
+		if len(t.Clients) > 0 {
+			hc = t.Clients[i%len(t.Clients)]
+		}
 		c, err := client.New(client.Config{
 			Dispatcher: t.Dispatchers[i%len(t.Dispatchers)],
+			HTTPClient: hc,
 			Token:      func(context.Context) (string, error) { return token.Sign(secret, user, time.Hour) },
 			OnFrame: func(_ string, f wire.ServerFrame) {
 				if f.Type == wire.TypeNotification {
@@ -127,6 +132,9 @@ type Centrifugo struct {
 	APIKey string
 	Secret string // HMAC secret of connection tokens
 	PID    int
+	// Clients, if any, are the HTTP clients devices dial with, in turn
+	// (the connections scenario spreads them over source addresses).
+	Clients []*http.Client
 }
 
 // Name is centrifugo.
@@ -142,19 +150,23 @@ func (c *Centrifugo) Procs() []Process {
 // publication's data on.
 func (c *Centrifugo) Connect(ctx, cctx context.Context, users []string, onData func(string, []byte)) error {
 	var ready atomic.Int64
-	for _, user := range users {
-		go c.device(cctx, user, &ready, onData)
+	for i, user := range users {
+		var hc *http.Client
+		if len(c.Clients) > 0 {
+			hc = c.Clients[i%len(c.Clients)]
+		}
+		go c.device(cctx, user, hc, &ready, onData)
 	}
 	return waitReady(ctx, &ready, len(users))
 }
 
-func (c *Centrifugo) device(ctx context.Context, user string, ready *atomic.Int64, onData func(string, []byte)) {
+func (c *Centrifugo) device(ctx context.Context, user string, hc *http.Client, ready *atomic.Int64, onData func(string, []byte)) {
 	tok, err := token.Sign([]byte(c.Secret), user, time.Hour)
 	if err != nil {
 		return
 	}
 	ws := "ws" + c.URL[len("http"):] + "/connection/websocket"
-	conn, _, err := websocket.Dial(ctx, ws, nil)
+	conn, _, err := websocket.Dial(ctx, ws, &websocket.DialOptions{HTTPClient: hc})
 	if err != nil {
 		return
 	}

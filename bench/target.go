@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"net/http"
 	"os"
 	"strconv"
 	"strings"
@@ -18,6 +19,9 @@ type Target struct {
 	// Processes are every process the system needs (gateways,
 	// dispatchers, NATS, Consul), by name, with their kind.
 	Processes []Process
+	// Clients, if any, are the HTTP clients devices connect with, in turn
+	// (the connections scenario spreads them over source addresses).
+	Clients []*http.Client
 }
 
 // Process is one process of the system under test.

@@ -22,12 +22,12 @@ import (
 // --out, JSON). The scenarios are bounded in time and count.
 func runBench(ctx context.Context, args []string) error {
 	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
-		return errors.New("usage: herald bench ring|notify|batch|fan-in|broadcast|replay [flags]; herald bench SCENARIO --help for its flags")
+		return errors.New("usage: herald bench ring|notify|batch|fan-in|broadcast|replay|connections [flags]; herald bench SCENARIO --help for its flags")
 	}
 	scenario, args := args[0], args[1:]
 	fs := newFlagSet("bench "+scenario, "Measure a running herald cluster (default: herald dev's) in the "+scenario+" scenario; print a table, and JSON with --out.")
 	statePath := fs.String("state", "data/dev/state.json", "the herald dev state file naming the cluster's dispatchers, secrets and processes")
-	peer := fs.String("peer", "", "also measure this peer in the same run (notify, batch, fan-in): centrifugo; herald and the peer run one after the other, the other's processes stopped (SIGSTOP)")
+	peer := fs.String("peer", "", "also measure this peer in the same run (notify, batch, fan-in, connections): centrifugo; herald and the peer run one after the other, the other's processes stopped (SIGSTOP)")
 	centrifugoBin := fs.String("centrifugo", "bin/centrifugo", "the Centrifugo binary (make centrifugo builds it)")
 	centrifugoConf := fs.String("centrifugo-config", "deploy/bench/centrifugo.json", "Centrifugo's configuration")
 	out := fs.String("out", "", "also write the report as JSON to this file")
@@ -35,6 +35,7 @@ func runBench(ctx context.Context, args []string) error {
 	var nc bench.NotifyConfig
 	var bc bench.BroadcastConfig
 	var rp bench.ReplayConfig
+	var cc bench.ConnectionsConfig
 	sizes := "10,100,1000"
 	switch scenario {
 	case "ring":
@@ -57,11 +58,15 @@ func runBench(ctx context.Context, args []string) error {
 		fs.IntVar(&bc.Sockets, "sockets", 1000, "connected sockets, one user each")
 		fs.Float64Var(&bc.Rate, "rate", 10, "broadcasts per second")
 		fs.DurationVar(&bc.Duration, "duration", 10*time.Second, "how long to broadcast")
+	case "connections":
+		fs.IntVar(&cc.Sockets, "sockets", 5000, "idle authenticated sockets, one user each (at most 18,000 from this one process)")
+		fs.DurationVar(&cc.Settle, "settle", 60*time.Second, "how long the sockets idle before memory is read")
+		fs.IntVar(&cc.Sources, "sources", 4, "source addresses 127.0.0.2… the sockets are spread over")
 	case "replay":
 		fs.IntVar(&rp.Users, "users", 1000, "users, each with --stored notifications, connecting at once")
 		fs.IntVar(&rp.Stored, "stored", 100, "notifications stored per user before it connects")
 	default:
-		return fmt.Errorf("herald bench: unknown scenario %q (ring, notify, batch, fan-in, broadcast, replay)", scenario)
+		return fmt.Errorf("herald bench: unknown scenario %q (ring, notify, batch, fan-in, broadcast, replay, connections)", scenario)
 	}
 	if err := parse(fs, args); err != nil {
 		return err
@@ -92,10 +97,17 @@ func runBench(ctx context.Context, args []string) error {
 		case "replay":
 			rp.Progress = os.Stderr
 			err = bench.Replay(ctx, t, rp, r)
+		case "connections":
+			cc.Progress = os.Stderr
+			measure := func(sys bench.System, r *bench.Report) error { return bench.Connections(ctx, sys, cc, r) }
+			if err = measure(t, r); err == nil && *peer != "" {
+				err = benchPeer(ctx, *peer, *centrifugoBin, *centrifugoConf, t, measure, r)
+			}
 		default:
 			nc.Progress = os.Stderr
-			if err = bench.Notify(ctx, t, nc, r); err == nil && *peer != "" {
-				err = benchPeer(ctx, *peer, *centrifugoBin, *centrifugoConf, t, nc, r)
+			measure := func(sys bench.System, r *bench.Report) error { return bench.Notify(ctx, sys, nc, r) }
+			if err = measure(t, r); err == nil && *peer != "" {
+				err = benchPeer(ctx, *peer, *centrifugoBin, *centrifugoConf, t, measure, r)
 			}
 		}
 	}
@@ -132,9 +144,9 @@ func benchTarget(path string) (*bench.Target, error) {
 	return t, nil
 }
 
-// benchPeer measures the peer with the same notify configuration while
+// benchPeer measures the peer the way measure measured herald, while
 // herald's processes are stopped, and puts its figures beside herald's in r.
-func benchPeer(ctx context.Context, peer, bin, conf string, t *bench.Target, nc bench.NotifyConfig, r *bench.Report) error {
+func benchPeer(ctx context.Context, peer, bin, conf string, t *bench.Target, measure func(bench.System, *bench.Report) error, r *bench.Report) error {
 	if peer != "centrifugo" {
 		return fmt.Errorf("--peer %q: the one peer is centrifugo", peer)
 	}
@@ -152,7 +164,7 @@ func benchPeer(ctx context.Context, peer, bin, conf string, t *bench.Target, nc 
 		}
 	}()
 	pr := &bench.Report{}
-	if err := bench.Notify(ctx, cf, nc, pr); err != nil {
+	if err := measure(cf, pr); err != nil {
 		return err
 	}
 	r.Merge(pr, "centrifugo")

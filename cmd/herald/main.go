@@ -27,7 +27,7 @@ type command struct {
 }
 
 var commands = []command{
-	{"bench", "measure a running cluster: ring, notify, batch, fan-in, broadcast, replay (a table, and JSON with --out)", runBench},
+	{"bench", "measure a running cluster: ring, notify, batch, fan-in, broadcast, replay, connections (a table, and JSON with --out)", runBench},
 	{"chaos", "kill, drain and scale gateways under load; check nothing is lost", runChaos},
 	{"cluster", "set up a production cluster's secrets and configurations (init), and Consul's ACLs (consul-bootstrap)", runCluster},
 	{"dev", "run the whole system locally: Consul, NATS, 3 gateways, 2 dispatchers", runDev},

@@ -5,7 +5,8 @@
 # a per-key rate limit above any rate the bench offers (HERALD_RATE_LIMIT),
 # so the server, not the limiter, is measured. Everything it starts is
 # stopped when it ends, also when it fails. Centrifugo (bin/centrifugo,
-# make centrifugo) is measured beside herald in notify, batch and fan-in.
+# make centrifugo) is measured beside herald in notify, batch, fan-in and
+# connections.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 herald=$root/bin/herald
@@ -32,6 +33,9 @@ grep -q "herald dev is up" "$dir/dev.log" || { echo "herald dev not up within 2 
 state=$dir/state.json
 "$herald" bench ring --keys "${BENCH_KEYS:-10000000}" --out "$out/ring.json"
 peer=(--peer centrifugo --centrifugo "$root/bin/centrifugo" --centrifugo-config "$root/deploy/bench/centrifugo.json")
+# First, while the cluster is fresh: memory per socket is the servers'
+# growth from what they hold before.
+"$herald" bench connections --state "$state" --sockets "${BENCH_SOCKETS:-5000}" --settle "${BENCH_SETTLE:-60s}" "${peer[@]}" --out "$out/connections.json"
 "$herald" bench notify --state "$state" --users 1000 --step "${BENCH_STEP:-5s}" "${peer[@]}" --out "$out/notify.json"
 "$herald" bench batch --state "$state" --users 1000 --step "${BENCH_STEP:-5s}" "${peer[@]}" --out "$out/batch.json"
 "$herald" bench fan-in --state "$state" --users 10 --step "${BENCH_STEP:-5s}" "${peer[@]}" --out "$out/fan-in.json"
