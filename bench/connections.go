@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"io"
@@ -31,9 +32,9 @@ const maxSocketsPerProcess = 18000
 // servers' as found, so run it on a fresh cluster: a Go process keeps
 // memory it once used, and a cluster that held sockets before grows less.
 func Connections(ctx context.Context, sys System, cfg ConnectionsConfig, r *Report) error {
-	cfg.Sockets = cmpOr(cfg.Sockets, 5000)
-	cfg.Settle = cmpOr(cfg.Settle, 60*time.Second)
-	cfg.Sources = cmpOr(cfg.Sources, 4)
+	cfg.Sockets = cmp.Or(cfg.Sockets, 5000)
+	cfg.Settle = cmp.Or(cfg.Settle, 60*time.Second)
+	cfg.Sources = cmp.Or(cfg.Sources, 4)
 	if cfg.Sockets > maxSocketsPerProcess {
 		return fmt.Errorf("connections: %d sockets is more than one generator process holds here (%d; several processes are not built yet)", cfg.Sockets, maxSocketsPerProcess)
 	}
@@ -41,10 +42,7 @@ func Connections(ctx context.Context, sys System, cfg ConnectionsConfig, r *Repo
 	procs := sys.Procs()
 	rss0 := rss(procs)
 	run := runID()
-	users := make([]string, cfg.Sockets)
-	for i := range users {
-		users[i] = fmt.Sprintf("bench-cn-%s-%d", run, i)
-	}
+	users := userNames("bench-cn-"+run, cfg.Sockets)
 	cctx, stop := context.WithCancel(context.Background())
 	defer stop()
 	start := time.Now()

@@ -2,6 +2,7 @@ package bench
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -13,65 +14,13 @@ import (
 	"time"
 
 	"github.com/HdrHistogram/hdrhistogram-go"
-	"github.com/heraldpush/herald/gateway/client"
-	"github.com/heraldpush/herald/gateway/token"
 	"github.com/heraldpush/herald/gateway/wire"
 )
-
-// devices connects n users (one device each, named by prefix), calling
-// onFrame for every frame, and waits until all have had their hello. The
-// devices live until cctx ends.
-func devices(ctx, cctx context.Context, t *Target, prefix string, n int, since uint64, onFrame func(user string, f wire.ServerFrame)) ([]string, error) {
-	secret := []byte(t.TokenSecret)
-	var hellos atomic.Int64
-	users := make([]string, n)
-	for i := range n {
-		user := fmt.Sprintf("%s-%d", prefix, i)
-		users[i] = user
-		c, err := client.New(client.Config{
-			Dispatcher: t.Dispatchers[i%len(t.Dispatchers)],
-			Token:      func(context.Context) (string, error) { return token.Sign(secret, user, time.Hour) },
-			Since:      since,
-			OnFrame:    func(_ string, f wire.ServerFrame) { onFrame(user, f) },
-			OnEvent: func(e client.Event) {
-				if e.Kind == client.EventStatus && e.Status.Connected {
-					hellos.Add(1)
-				}
-			},
-		})
-		if err != nil {
-			return nil, err
-		}
-		go c.Run(cctx)
-	}
-	deadline := time.Now().Add(2 * time.Minute)
-	for hellos.Load() < int64(n) {
-		if time.Now().After(deadline) {
-			return nil, fmt.Errorf("only %d of %d users connected within 2 minutes", hellos.Load(), n)
-		}
-		select {
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
-	return users, nil
-}
 
 // postJSON POSTs body as JSON to path on a dispatcher and decodes a 2xx
 // answer into out.
 func (t *Target) postJSON(hc *http.Client, i int, path string, body, out any) error {
-	b, err := json.Marshal(body)
-	if err != nil {
-		return err
-	}
-	req, err := http.NewRequest(http.MethodPost, t.Dispatchers[i%len(t.Dispatchers)]+path, bytes.NewReader(b))
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Authorization", "Bearer "+t.APIKey)
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := hc.Do(req)
+	resp, err := t.request(hc, i, path, body)
 	if err != nil {
 		return err
 	}
@@ -85,23 +34,38 @@ func (t *Target) postJSON(hc *http.Client, i int, path string, body, out any) er
 
 // post POSTs body as JSON to path on a dispatcher and returns the status.
 func (t *Target) post(hc *http.Client, i int, path string, body any) (int, error) {
-	b, err := json.Marshal(body)
-	if err != nil {
-		return 0, err
-	}
-	req, err := http.NewRequest(http.MethodPost, t.Dispatchers[i%len(t.Dispatchers)]+path, bytes.NewReader(b))
-	if err != nil {
-		return 0, err
-	}
-	req.Header.Set("Authorization", "Bearer "+t.APIKey)
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := hc.Do(req)
+	resp, err := t.request(hc, i, path, body)
 	if err != nil {
 		return 0, err
 	}
 	io.Copy(io.Discard, resp.Body)
 	resp.Body.Close()
 	return resp.StatusCode, nil
+}
+
+// request POSTs body as JSON to path on dispatcher i (round robin) with
+// the API key.
+func (t *Target) request(hc *http.Client, i int, path string, body any) (*http.Response, error) {
+	b, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	req, err := http.NewRequest(http.MethodPost, t.Dispatchers[i%len(t.Dispatchers)]+path, bytes.NewReader(b))
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Authorization", "Bearer "+t.APIKey)
+	req.Header.Set("Content-Type", "application/json")
+	return hc.Do(req)
+}
+
+// userNames are n user IDs prefix-0, prefix-1, …
+func userNames(prefix string, n int) []string {
+	users := make([]string, n)
+	for i := range users {
+		users[i] = fmt.Sprintf("%s-%d", prefix, i)
+	}
+	return users
 }
 
 // BroadcastConfig is the broadcast scenario: Sockets connected devices,
@@ -116,9 +80,9 @@ type BroadcastConfig struct {
 // Broadcast measures deliveries per second and the latency from each
 // broadcast's scheduled time to every socket's frame.
 func Broadcast(ctx context.Context, t *Target, cfg BroadcastConfig, r *Report) error {
-	cfg.Sockets = cmpOr(cfg.Sockets, 1000)
-	cfg.Rate = cmpOr(cfg.Rate, 10)
-	cfg.Duration = cmpOr(cfg.Duration, 10*time.Second)
+	cfg.Sockets = cmp.Or(cfg.Sockets, 1000)
+	cfg.Rate = cmp.Or(cfg.Rate, 10)
+	cfg.Duration = cmp.Or(cfg.Duration, 10*time.Second)
 	run := runID()
 	var (
 		mu        sync.Mutex
@@ -127,7 +91,7 @@ func Broadcast(ctx context.Context, t *Target, cfg BroadcastConfig, r *Report) e
 	)
 	cctx, stop := context.WithCancel(context.Background())
 	defer stop()
-	_, err := devices(ctx, cctx, t, "bench-bc-"+run, cfg.Sockets, 0, func(_ string, f wire.ServerFrame) {
+	err := t.devices(ctx, cctx, userNames("bench-bc-"+run, cfg.Sockets), func(_ string, f wire.ServerFrame) {
 		if f.Type != wire.TypeBroadcast {
 			return
 		}
@@ -200,8 +164,8 @@ type ReplayConfig struct {
 // connects every user at once and measures, per user, the time from the
 // start of its connect until it has received all of them.
 func Replay(ctx context.Context, t *Target, cfg ReplayConfig, r *Report) error {
-	cfg.Users = cmpOr(cfg.Users, 1000)
-	cfg.Stored = cmpOr(cfg.Stored, 100)
+	cfg.Users = cmp.Or(cfg.Users, 1000)
+	cfg.Stored = cmp.Or(cfg.Stored, 100)
 	run := runID()
 	prefix := "bench-rp-" + run
 	hc := &http.Client{Timeout: 30 * time.Second}
@@ -240,7 +204,7 @@ func Replay(ctx context.Context, t *Target, cfg ReplayConfig, r *Report) error {
 	cctx, stop := context.WithCancel(context.Background())
 	defer stop()
 	cpu0 := cpuTimes(t.Processes)
-	if _, err := devices(ctx, cctx, t, prefix, cfg.Users, 0, func(user string, f wire.ServerFrame) {
+	if err := t.devices(ctx, cctx, userNames(prefix, cfg.Users), func(user string, f wire.ServerFrame) {
 		if f.Type != wire.TypeNotification {
 			return
 		}

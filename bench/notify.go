@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -34,27 +35,19 @@ type NotifyConfig struct {
 }
 
 func (c *NotifyConfig) defaults() {
-	c.Users = cmpOr(c.Users, 1000)
-	c.Duration = cmpOr(c.Duration, 10*time.Second)
-	c.Payload = cmpOr(c.Payload, 200)
-	c.Batch = cmpOr(c.Batch, 1)
-	c.MaxRate = cmpOr(c.MaxRate, 20000)
-	c.MaxP99 = cmpOr(c.MaxP99, 100*time.Millisecond)
-	c.Senders = cmpOr(c.Senders, 512)
+	c.Users = cmp.Or(c.Users, 1000)
+	c.Duration = cmp.Or(c.Duration, 10*time.Second)
+	c.Payload = cmp.Or(c.Payload, 200)
+	c.Batch = cmp.Or(c.Batch, 1)
+	c.MaxRate = cmp.Or(c.MaxRate, 20000)
+	c.MaxP99 = cmp.Or(c.MaxP99, 100*time.Millisecond)
+	c.Senders = cmp.Or(c.Senders, 512)
 	if c.Progress == nil {
 		c.Progress = io.Discard
 	}
 	if c.FanIn > 0 {
 		c.Users = min(c.Users, c.FanIn)
 	}
-}
-
-func cmpOr[T comparable](v, def T) T {
-	var zero T
-	if v == zero {
-		return def
-	}
-	return v
 }
 
 // Step is one rate's result.
@@ -162,9 +155,7 @@ func Notify(ctx context.Context, sys System, cfg NotifyConfig, r *Report) error 
 }
 
 func (n *notifyRun) connect(ctx, cctx context.Context) error {
-	for i := range n.cfg.Users {
-		n.users = append(n.users, fmt.Sprintf("bench-%s-%d", n.run, i))
-	}
+	n.users = userNames("bench-"+n.run, n.cfg.Users)
 	if err := n.sys.Connect(ctx, cctx, n.users, n.onData); err != nil {
 		return err
 	}

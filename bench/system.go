@@ -47,6 +47,17 @@ func (t *Target) Procs() []Process { return t.Processes }
 
 // Connect connects herald devices through the Go client.
 func (t *Target) Connect(ctx, cctx context.Context, users []string, onData func(string, []byte)) error {
+	return t.devices(ctx, cctx, users, func(user string, f wire.ServerFrame) {
+		if f.Type == wire.TypeNotification {
+			onData(user, f.Data)
+		}
+	})
+}
+
+// devices connects one device per user (from Clients in turn, if any),
+// living until cctx ends, passes every frame to onFrame, and returns once
+// every one has had its hello.
+func (t *Target) devices(ctx, cctx context.Context, users []string, onFrame func(user string, f wire.ServerFrame)) error {
 	secret := []byte(t.TokenSecret)
 	var ready atomic.Int64
 	for i, user := range users {
@@ -58,11 +69,7 @@ func (t *Target) Connect(ctx, cctx context.Context, users []string, onData func(
 			Dispatcher: t.Dispatchers[i%len(t.Dispatchers)],
 			HTTPClient: hc,
 			Token:      func(context.Context) (string, error) { return token.Sign(secret, user, time.Hour) },
-			OnFrame: func(_ string, f wire.ServerFrame) {
-				if f.Type == wire.TypeNotification {
-					onData(user, f.Data)
-				}
-			},
+			OnFrame:    func(_ string, f wire.ServerFrame) { onFrame(user, f) },
 			OnEvent: func(e client.Event) {
 				if e.Kind == client.EventStatus && e.Status.Connected {
 					ready.Add(1)

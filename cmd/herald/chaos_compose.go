@@ -206,13 +206,9 @@ func (c *composeChaos) findProject(ctx context.Context) error {
 		}
 		c.project = self.Config.Labels["com.docker.compose.project"]
 	}
-	cs, err := c.docker.project(ctx, c.project)
+	gw, err := c.container(ctx, "gw-1")
 	if err != nil {
-		return err
-	}
-	gw, ok := cs["gw-1"]
-	if !ok {
-		return fmt.Errorf("the Compose project %q has no gw-1: is deploy/compose's cluster up under that name?", c.project)
+		return fmt.Errorf("%w: is deploy/compose's cluster up under that name?", err)
 	}
 	for name := range gw.NetworkSettings.Networks {
 		for _, n := range []string{"edge", "nats", "consul"} {
@@ -227,17 +223,9 @@ func (c *composeChaos) findProject(ctx context.Context) error {
 	return nil
 }
 
-// container is the ID of a service's container.
+// container is a service's container, as inspected now.
 func (c *composeChaos) container(ctx context.Context, service string) (*dockerContainer, error) {
-	cs, err := c.docker.project(ctx, c.project)
-	if err != nil {
-		return nil, err
-	}
-	ct, ok := cs[service]
-	if !ok {
-		return nil, fmt.Errorf("no container of service %s in project %s", service, c.project)
-	}
-	return ct, nil
+	return c.docker.service(ctx, c.project, service)
 }
 
 // wait sleeps for d unless ctx ends first.
@@ -256,14 +244,20 @@ func (c *composeChaos) note(format string, args ...any) {
 	fmt.Println("chaos:   " + s)
 }
 
-// getJSON GETs url into out; a non-2xx answer is an error.
+// getJSON GETs url into out (nil: the answer is not read); a non-2xx
+// answer is an error.
 func (c *composeChaos) getJSON(ctx context.Context, url string, out any) error {
+	return c.fetch(ctx, url, "", out)
+}
+
+// fetch is getJSON with key, if not "", as the bearer token.
+func (c *composeChaos) fetch(ctx context.Context, url, key string, out any) error {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return err
 	}
-	if strings.Contains(url, ":8080/") {
-		req.Header.Set("Authorization", "Bearer "+c.run.state.APIKey)
+	if key != "" {
+		req.Header.Set("Authorization", "Bearer "+key)
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
@@ -349,7 +343,7 @@ func (c *composeChaos) abnormal(ctx context.Context) string {
 				Gateway    string
 			}
 		}
-		if err := c.getJSON(ctx, d+"/v1/cluster", &cl); err != nil {
+		if err := c.fetch(ctx, d+"/v1/cluster", c.run.state.APIKey, &cl); err != nil {
 			return err.Error()
 		}
 		if cl.Degraded {
@@ -578,10 +572,12 @@ func (c *composeChaos) rollingRestart(ctx context.Context) error {
 			return err
 		}
 		stopped := time.Since(t)
-		if err := c.until(ctx, 2*time.Minute, func() error {
-			return c.getJSON(ctx, "http://"+n+":8222/healthz", nil)
+		var herr error
+		if err := waitUntil(ctx, 2*time.Minute, func() bool {
+			herr = c.getJSON(ctx, "http://"+n+":8222/healthz", nil)
+			return herr == nil
 		}); err != nil {
-			return fmt.Errorf("%s after its restart: %w", n, err)
+			return fmt.Errorf("%s after its restart: %w (%v)", n, err, herr)
 		}
 		c.note("%s: stopped in %v, current %v later", n, stopped.Round(100*time.Millisecond), (time.Since(t) - stopped).Round(100*time.Millisecond))
 	}
@@ -617,23 +613,6 @@ func (c *composeChaos) natsAllDown(ctx context.Context) error {
 		errs = append(errs, heal(ctx, "start "+natsNodes[i], func(ctx context.Context) error { return c.docker.start(ctx, id) }))
 	}
 	return errors.Join(errs...)
-}
-
-// until polls check until it succeeds or within passes.
-func (c *composeChaos) until(ctx context.Context, within time.Duration, check func() error) error {
-	deadline := time.Now().Add(within)
-	for {
-		err := check()
-		if err == nil {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return err
-		}
-		if err := wait(ctx, 250*time.Millisecond); err != nil {
-			return err
-		}
-	}
 }
 
 // report prints the table per fault and fails the run on any violation.

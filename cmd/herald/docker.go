@@ -55,9 +55,6 @@ type dockerContainer struct {
 	}
 }
 
-// Service is the Compose service the container belongs to.
-func (c *dockerContainer) Service() string { return c.Config.Labels["com.docker.compose.service"] }
-
 func (d *dockerClient) do(ctx context.Context, method, path string, body, out any) error {
 	var r io.Reader
 	if body != nil {
@@ -100,23 +97,19 @@ func (d *dockerClient) inspect(ctx context.Context, id string) (*dockerContainer
 	return &c, nil
 }
 
-// project inspects every container of a Compose project, by service.
-// One-off containers (`docker-compose run`) are left out.
-func (d *dockerClient) project(ctx context.Context, name string) (map[string]*dockerContainer, error) {
-	filters, _ := json.Marshal(map[string][]string{"label": {"com.docker.compose.project=" + name, "com.docker.compose.oneoff=False"}})
+// service inspects the container of a Compose project's service. One-off
+// containers (`docker-compose run`) are left out.
+func (d *dockerClient) service(ctx context.Context, project, service string) (*dockerContainer, error) {
+	filters, _ := json.Marshal(map[string][]string{"label": {
+		"com.docker.compose.project=" + project, "com.docker.compose.service=" + service, "com.docker.compose.oneoff=False"}})
 	var list []struct{ ID string }
 	if err := d.do(ctx, http.MethodGet, "/containers/json?all=1&filters="+url.QueryEscape(string(filters)), nil, &list); err != nil {
 		return nil, err
 	}
-	out := map[string]*dockerContainer{}
-	for _, l := range list {
-		c, err := d.inspect(ctx, l.ID)
-		if err != nil {
-			return nil, err
-		}
-		out[c.Service()] = c
+	if len(list) != 1 {
+		return nil, fmt.Errorf("the Compose project %q has %d containers of service %s, want 1", project, len(list), service)
 	}
-	return out, nil
+	return d.inspect(ctx, list[0].ID)
 }
 
 func (d *dockerClient) kill(ctx context.Context, id string) error {
