@@ -50,6 +50,8 @@ cleanup() {
 	if [[ $status != 0 ]]; then
 		echo "fault suite: failed; the last lines of each herald process:"
 		compose logs --no-color --tail=30 disp-1 disp-2 gw-1 gw-2 gw-3 2>&1 | tail -200 || true
+		echo "fault suite: the dispatchers' warnings and errors other than unavailable, from the start:"
+		compose logs --no-color disp-1 disp-2 2>&1 | grep -E 'level=(WARN|ERROR)' | grep -v 'code=unavailable' | tail -100 || true
 	fi
 	compose --profile chaos down -v --remove-orphans >/dev/null 2>&1 || true
 	stage "cleaned up"
