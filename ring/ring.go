@@ -316,3 +316,17 @@ func (r *Ring) Arcs() []Arc {
 	add(start, 1, r.owners[0])
 	return arcs
 }
+
+// ArcOwner is the member whose arc holds key, from arcs as Arcs returns
+// them (or as a dispatcher's /v1/cluster lists them): how a tool outside
+// the ring checks where a user belongs. "" if no arc holds it.
+func ArcOwner(arcs []Arc, key string) string {
+	p := Position(key)
+	for _, a := range arcs {
+		// (Start, End]; the first arc also holds 0 itself.
+		if p > a.Start && p <= a.End || p == 0 && a.Start == 0 {
+			return a.ID
+		}
+	}
+	return ""
+}

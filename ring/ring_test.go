@@ -511,13 +511,8 @@ func TestArcsAgreeWithOwner(t *testing.T) {
 		}
 	}
 	for _, k := range keys(5000) {
-		p := Position(k)
-		i := slices.IndexFunc(arcs, func(a Arc) bool { return p > a.Start && p <= a.End || p == 0 && a.Start == 0 })
-		if i < 0 {
-			t.Fatalf("%s at %v is in no arc", k, p)
-		}
-		if got, want := arcs[i].ID, owner(t, r, k); got != want {
-			t.Fatalf("%s at %v: the arc says %s, Owner says %s", k, p, got, want)
+		if got, want := ArcOwner(arcs, k), owner(t, r, k); got != want {
+			t.Fatalf("%s at %v: the arc says %q, Owner says %s", k, Position(k), got, want)
 		}
 	}
 	if (*Ring)(nil).Arcs() != nil || mustNew(t, 0, nil).Arcs() != nil {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -180,7 +181,7 @@ type chaosRun struct {
 	accepted map[string]map[uint64]string // user → seq → id
 	posts    map[string]time.Time         // id → when it was first posted
 	refusals []time.Time                  // posts refused as unavailable
-	unknowns []time.Time                  // posts whose first answers left the outcome unknown
+	unknowns []chaosUnknown               // posts whose first answers left the outcome unknown
 	closes   []chaosClose                 // sockets ended by the servers (or the network)
 	rehomes  []chaosRehome
 	gaveUp   int // posts retried for 2 minutes without a definite outcome
@@ -448,7 +449,10 @@ func (r *chaosRun) post(n int, runID string) {
 		req.Header.Set("Authorization", "Bearer "+r.state.APIKey)
 		req.Header.Set("Content-Type", "application/json")
 		resp, err := r.http.Do(req)
-		if err == nil {
+		why := ""
+		if err != nil {
+			why = "request failed: " + err.Error()
+		} else {
 			var res struct {
 				Seq   uint64 `json:"seq"`
 				Error struct {
@@ -472,11 +476,12 @@ func (r *chaosRun) post(n int, runID string) {
 				r.mu.Unlock()
 				return
 			}
+			why = fmt.Sprintf("%d %s", resp.StatusCode, cmp.Or(res.Error.Code, "(no error code)"))
 		}
 		// Unknown outcome, or the request itself failed: the same id again.
 		if attempt == 0 {
 			r.mu.Lock()
-			r.unknowns = append(r.unknowns, at)
+			r.unknowns = append(r.unknowns, chaosUnknown{at: at, why: why})
 			r.pending++
 			r.mu.Unlock()
 			defer func() {
@@ -658,7 +663,8 @@ func (r *chaosRun) injectFaults(ctx context.Context) {
 type chaosTally struct {
 	accepted, delivered, lost, dups, disorder, storedTwice, gaps int
 	unavailable, unknown                                         int
-	closes                                                       map[int]int // by close code; 0: no close frame
+	unknownWhy                                                   map[string]int // the first answers of the unknown, by kind
+	closes                                                       map[int]int    // by close code; 0: no close frame
 	rehomes                                                      []time.Duration
 }
 
@@ -735,8 +741,13 @@ func (r *chaosRun) tallies(bounds []time.Time) []chaosTally {
 	for _, at := range r.refusals {
 		span(at).unavailable++
 	}
-	for _, at := range r.unknowns {
-		span(at).unknown++
+	for _, u := range r.unknowns {
+		t := span(u.at)
+		t.unknown++
+		if t.unknownWhy == nil {
+			t.unknownWhy = map[string]int{}
+		}
+		t.unknownWhy[u.why]++
 	}
 	for _, c := range r.closes {
 		span(c.at).closes[c.code]++
@@ -746,6 +757,23 @@ func (r *chaosRun) tallies(bounds []time.Time) []chaosTally {
 		t.rehomes = append(t.rehomes, h.took)
 	}
 	return ts
+}
+
+// chaosUnknown is a post whose first answer left its outcome unknown, and
+// that answer: a 503 unknown_outcome, another status, or a failed request.
+type chaosUnknown struct {
+	at  time.Time
+	why string
+}
+
+// unknownKinds is a tally's first answers of unknown outcome, as
+// "503 unknown_outcome×2; request failed: EOF×1".
+func (t *chaosTally) unknownKinds() string {
+	var parts []string
+	for _, why := range slices.Sorted(maps.Keys(t.unknownWhy)) {
+		parts = append(parts, fmt.Sprintf("%s×%d", why, t.unknownWhy[why]))
+	}
+	return strings.Join(parts, "; ")
 }
 
 // closeCodes is a tally's closes as "1013×12 4001×3".

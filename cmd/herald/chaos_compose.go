@@ -325,10 +325,7 @@ func (c *composeChaos) abnormal(ctx context.Context) string {
 			return g + " is not ready"
 		}
 	}
-	var arcs []struct {
-		Start, End float64
-		Gateway    string
-	}
+	var arcs []ring.Arc
 	fingerprints := map[string]bool{}
 	for _, d := range c.run.state.Dispatchers {
 		if err := c.getJSON(ctx, d+"/readyz", nil); err != nil {
@@ -350,7 +347,10 @@ func (c *composeChaos) abnormal(ctx context.Context) string {
 			return d + " reports its view of Consul degraded"
 		}
 		fingerprints[cl.Ring] = true
-		arcs = cl.Arcs
+		arcs = arcs[:0]
+		for _, a := range cl.Arcs {
+			arcs = append(arcs, ring.Arc{Start: a.Start, End: a.End, ID: a.Gateway})
+		}
 		passing := 0
 		for _, m := range cl.Members {
 			if m.State == "passing" {
@@ -369,15 +369,7 @@ func (c *composeChaos) abnormal(ctx context.Context) string {
 		if gw == "" {
 			return d.user + " has no socket"
 		}
-		// Keys in (Start, End] belong to the arc's gateway (ring.Arc).
-		p := ring.Position(d.user)
-		owner := ""
-		for _, a := range arcs {
-			if p > a.Start && p <= a.End || p == 0 && a.Start == 0 {
-				owner = a.Gateway
-			}
-		}
-		if owner != gw {
+		if owner := ring.ArcOwner(arcs, d.user); owner != gw {
 			return fmt.Sprintf("%s is on %s, not on its owner %q", d.user, gw, owner)
 		}
 	}
@@ -639,7 +631,7 @@ func (c *composeChaos) report(stages []composeStage, late bool, took time.Durati
 		row(i+1, st.fault.name, t, since(st.healed, st.normal))
 		bad := t.problems()
 		if !st.fault.refuses && (t.unavailable > 0 || t.unknown > 0) {
-			bad = append(bad, fmt.Sprintf("%d unavailable and %d unknown_outcome", t.unavailable, t.unknown))
+			bad = append(bad, fmt.Sprintf("%d unavailable and %d unknown_outcome (first answers: %s)", t.unavailable, t.unknown, t.unknownKinds()))
 		}
 		if !st.fault.moves && t.closed() > 0 {
 			bad = append(bad, fmt.Sprintf("sockets closed: %s", t.closeCodes()))

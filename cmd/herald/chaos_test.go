@@ -24,7 +24,7 @@ func TestChaosTallies(t *testing.T) {
 	// never, and d is also stored a second time at seq 6.
 	d.frames = []chaosFrame{frame(1, "a"), frame(2, "b"), frame(2, "b"), frame(4, "d"), frame(3, "c"), frame(6, "d")}
 	r.refusals = []time.Time{at(12)}
-	r.unknowns = []time.Time{at(3)}
+	r.unknowns = []chaosUnknown{{at: at(3), why: "503 unknown_outcome"}}
 	r.closes = []chaosClose{{at: at(14), code: 1013}, {at: at(14), code: 0}}
 	r.rehomes = []chaosRehome{{at: at(14), took: 50 * time.Millisecond}}
 	ts := r.tallies([]time.Time{at(0), at(10)})
@@ -34,6 +34,9 @@ func TestChaosTallies(t *testing.T) {
 	first, second := ts[1], ts[2]
 	if first.accepted != 2 || first.lost != 0 || first.dups != 1 || first.disorder != 0 || first.unknown != 1 || first.unavailable != 0 {
 		t.Errorf("first span %+v: want 2 accepted, 1 duplicate (not also out of order), 1 unknown", first)
+	}
+	if got := first.unknownKinds(); got != "503 unknown_outcome×1" {
+		t.Errorf("first span's unknown answers %q, want the one 503 unknown_outcome", got)
 	}
 	if second.accepted != 3 || second.lost != 1 || second.disorder != 1 || second.storedTwice != 1 || second.unavailable != 1 {
 		t.Errorf("second span %+v: want 3 accepted, 1 lost, 1 out of order, 1 stored twice, 1 unavailable", second)

@@ -90,7 +90,7 @@ func (l *Log) Append(ctx context.Context, user, id string, data []byte) (Appende
 			break
 		}
 		if !headKnown {
-			last, found, err := l.Last(ctx, user, false)
+			last, found, err := l.lastWithin(ctx, user, false)
 			if err != nil {
 				// Nothing of this append was sent by the read.
 				lastErr = err
@@ -159,7 +159,7 @@ func (l *Log) Append(ctx context.Context, user, id string, data []byte) (Appende
 			// did: the last message tells which. Read it through the
 			// leader, which decided the conflict: a lagging replica would
 			// only make it happen again.
-			last, found, rerr := l.Last(ctx, user, true)
+			last, found, rerr := l.lastWithin(ctx, user, true)
 			if rerr != nil {
 				lastErr = rerr
 				break
@@ -239,6 +239,16 @@ func canSend(ctx context.Context) bool {
 // id. A healthy stream acks in milliseconds, so an attempt unanswered for
 // 2s is better tried again.
 const maxAttempt = 2 * time.Second
+
+// lastWithin is Last bounded like one attempt: a read sent on a connection
+// that then breaks (a NATS node leaving lame duck closes its clients) is
+// never answered either, and waiting out Last's own 5s for it would spend
+// the append's deadline on one lost request instead of retrying.
+func (l *Log) lastWithin(ctx context.Context, user string, leader bool) (Message, bool, error) {
+	ctx, cancel := context.WithTimeout(ctx, l.attemptTimeout(ctx))
+	defer cancel()
+	return l.Last(ctx, user, leader)
+}
 
 // attemptTimeout is a quarter of the deadline, so that retries fit in it,
 // but at least 250ms and at most maxAttempt.
