@@ -9,7 +9,7 @@ GO             ?= go
 VERSION        ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 
 .DEFAULT_GOAL := help
-.PHONY: help deps consul centrifugo build test bench lint tidy run fuzz chaos chaos-cluster images clean
+.PHONY: help deps consul centrifugo redis build test bench lint tidy run fuzz chaos chaos-cluster images clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-13s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -66,7 +66,17 @@ centrifugo:
 			-o ../../$(CENTRIFUGO) github.com/centrifugal/centrifugo/v6; \
 	fi
 
-bench: build centrifugo ## herald bench's scenarios, herald beside Centrifugo, against a fresh herald dev (reports in data/bench/), then the ring's micro-benchmarks
+# Redis is what Centrifugo's Redis engine runs on in herald bench
+# (--peer-engine redis): Debian's redis-server, started by the bench itself.
+redis:
+	@if command -v redis-server >/dev/null 2>&1; then \
+		echo "redis-server is installed"; \
+	else \
+		echo "installing redis-server for the bench's Centrifugo + Redis column (apt-get)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; \
+	fi
+
+bench: consul build centrifugo redis ## herald bench's scenarios, herald beside Centrifugo, against a fresh herald dev (reports in data/bench/), then the ring's micro-benchmarks
 	deploy/bench/run.sh
 	$(GO) test -run '^$$' -bench . -benchmem ./ring/...
 

@@ -79,7 +79,7 @@ type BroadcastConfig struct {
 
 // Broadcast measures deliveries per second and the latency from each
 // broadcast's scheduled time to every socket's frame.
-func Broadcast(ctx context.Context, t *Target, cfg BroadcastConfig, r *Report) error {
+func Broadcast(ctx context.Context, sys System, cfg BroadcastConfig, r *Report) error {
 	cfg.Sockets = cmp.Or(cfg.Sockets, 1000)
 	cfg.Rate = cmp.Or(cfg.Rate, 10)
 	cfg.Duration = cmp.Or(cfg.Duration, 10*time.Second)
@@ -91,15 +91,13 @@ func Broadcast(ctx context.Context, t *Target, cfg BroadcastConfig, r *Report) e
 	)
 	cctx, stop := context.WithCancel(context.Background())
 	defer stop()
-	err := t.devices(ctx, cctx, userNames("bench-bc-"+run, cfg.Sockets), func(_ string, f wire.ServerFrame) {
-		if f.Type != wire.TypeBroadcast {
-			return
-		}
+	users := userNames("bench-bc-"+run, cfg.Sockets)
+	err := sys.Connect(ctx, cctx, users, func(_ string, data []byte) {
 		var d struct {
 			Run string `json:"run"`
 			Due int64  `json:"due"`
 		}
-		if json.Unmarshal(f.Data, &d) != nil || d.Run != run {
+		if json.Unmarshal(data, &d) != nil || d.Run != run {
 			return
 		}
 		delivered.Add(1)
@@ -116,14 +114,13 @@ func Broadcast(ctx context.Context, t *Target, cfg BroadcastConfig, r *Report) e
 	n := int(cfg.Rate * cfg.Duration.Seconds())
 	var errs atomic.Int64
 	var wg sync.WaitGroup
-	cpu0, t0 := cpuTimes(t.Processes), time.Now()
+	cpu0, t0 := cpuTimes(sys.Procs()), time.Now()
 	start := time.Now().Add(50 * time.Millisecond)
 	for k := 0; k < n && ctx.Err() == nil; k++ {
 		due := start.Add(time.Duration(float64(k) / cfg.Rate * float64(time.Second)))
 		waitUntil(due)
 		wg.Go(func() {
-			status, err := t.post(hc, k, "/v1/broadcast", map[string]any{"data": map[string]any{"run": run, "due": due.UnixNano()}})
-			if err != nil || status != http.StatusAccepted {
+			if !sys.Broadcast(hc, k, users, map[string]any{"run": run, "due": due.UnixNano()}) {
 				errs.Add(1)
 			}
 		})
@@ -134,7 +131,7 @@ func Broadcast(ctx context.Context, t *Target, cfg BroadcastConfig, r *Report) e
 		time.Sleep(20 * time.Millisecond)
 	}
 	took := time.Since(t0).Seconds()
-	cpu := cpuUsed(cpu0, cpuTimes(t.Processes))
+	cpu := cpuUsed(cpu0, cpuTimes(sys.Procs()))
 	r.Add("broadcast: sockets", "", float64(cfg.Sockets))
 	r.Add("broadcast: broadcasts", "/s", cfg.Rate)
 	r.Add("broadcast: deliveries", "/s", float64(delivered.Load())/cfg.Duration.Seconds())

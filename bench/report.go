@@ -25,15 +25,17 @@ type Report struct {
 	Seconds  float64   `json:"seconds"`
 	Figures  []Figure  `json:"figures"`
 	Notes    []string  `json:"notes,omitempty"`
+	// Peers name the peer columns, in the order they were measured.
+	Peers []string `json:"peers,omitempty"`
 }
 
-// Figure is one measured number. Peer is the same figure for the peer
-// system measured in the same run, when there is one.
+// Figure is one measured number. Peers are the same figure for each peer
+// system measured in the same run, by the peer's name.
 type Figure struct {
-	Name  string   `json:"name"`
-	Unit  string   `json:"unit"`
-	Value float64  `json:"value"`
-	Peer  *float64 `json:"peer,omitempty"`
+	Name  string             `json:"name"`
+	Unit  string             `json:"unit"`
+	Value float64            `json:"value"`
+	Peers map[string]float64 `json:"peers,omitempty"`
 }
 
 // Machine says where a report was measured.
@@ -81,13 +83,16 @@ func (r *Report) Note(format string, args ...any) {
 }
 
 // Merge puts the figures of the same scenario measured on the peer beside
-// r's, by name, and the peer's notes after r's.
+// r's, by name, in a column called name, and the peer's notes after r's.
 func (r *Report) Merge(peer *Report, name string) {
+	r.Peers = append(r.Peers, name)
 	for _, pf := range peer.Figures {
 		for i := range r.Figures {
-			if r.Figures[i].Name == pf.Name {
-				v := pf.Value
-				r.Figures[i].Peer = &v
+			if f := &r.Figures[i]; f.Name == pf.Name {
+				if f.Peers == nil {
+					f.Peers = map[string]float64{}
+				}
+				f.Peers[name] = pf.Value
 			}
 		}
 	}
@@ -96,34 +101,30 @@ func (r *Report) Merge(peer *Report, name string) {
 	}
 }
 
-// Print writes the report as a table.
+// Print writes the report as a table: herald's column, then each peer's
+// with the ratio herald/peer.
 func (r *Report) Print(w io.Writer) {
 	fmt.Fprintf(w, "\nherald bench %s — %s, %d cores, %s, %s; %.0f s\n", r.Scenario, r.Machine.CPU, r.Machine.Cores, r.Machine.Memory, r.Machine.Go, r.Seconds)
 	fmt.Fprintf(w, "command: %s\n\n", r.Command)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	peer := false
-	for _, f := range r.Figures {
-		peer = peer || f.Peer != nil
+	head := "figure\therald\t"
+	for _, p := range r.Peers {
+		head += p + "\tratio\t"
 	}
-	if peer {
-		fmt.Fprintln(tw, "figure\therald\tpeer\tratio\t")
-	} else {
-		fmt.Fprintln(tw, "figure\tvalue\t")
-	}
+	fmt.Fprintln(tw, head)
 	for _, f := range r.Figures {
-		v := format(f.Value, f.Unit)
-		if !peer {
-			fmt.Fprintf(tw, "%s\t%s\t\n", f.Name, v)
-			continue
-		}
-		p, ratio := "-", "-"
-		if f.Peer != nil {
-			p = format(*f.Peer, f.Unit)
-			if *f.Peer != 0 {
-				ratio = fmt.Sprintf("%.2f", f.Value / *f.Peer)
+		line := f.Name + "\t" + format(f.Value, f.Unit) + "\t"
+		for _, name := range r.Peers {
+			p, ratio := "-", "-"
+			if v, ok := f.Peers[name]; ok {
+				p = format(v, f.Unit)
+				if v != 0 {
+					ratio = fmt.Sprintf("%.2f", f.Value/v)
+				}
 			}
+			line += p + "\t" + ratio + "\t"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t\n", f.Name, v, p, ratio)
+		fmt.Fprintln(tw, line)
 	}
 	tw.Flush()
 	for _, n := range r.Notes {

@@ -18,13 +18,18 @@ func TestReportMergePrintJSON(t *testing.T) {
 	peer.Add("notify: server CPU", "cores", 0.5)
 	peer.Note("a remark")
 	r.Merge(peer, "centrifugo")
-	if r.Figures[0].Peer != nil || r.Figures[1].Peer == nil || *r.Figures[1].Peer != 0.5 {
-		t.Fatalf("merged figures %+v: want the peer's CPU beside herald's, nothing beside delivered", r.Figures)
+	redis := &Report{}
+	redis.Add("notify: delivered", "/s", 4000)
+	r.Merge(redis, "centrifugo+redis")
+	if _, ok := r.Figures[0].Peers["centrifugo"]; ok || r.Figures[1].Peers["centrifugo"] != 0.5 || r.Figures[0].Peers["centrifugo+redis"] != 4000 {
+		t.Fatalf("merged figures %+v: want each peer's figure beside herald's, in its own column, nothing where it measured nothing", r.Figures)
 	}
 	var b strings.Builder
 	r.Print(&b)
-	if !strings.Contains(b.String(), "3.00") || !strings.Contains(b.String(), "centrifugo: a remark") {
-		t.Errorf("table lacks the ratio 3.00 or the peer's note:\n%s", b.String())
+	for _, want := range []string{"3.00", "0.75", "centrifugo: a remark", "centrifugo+redis"} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("table lacks %q (a ratio, a column or the peer's note):\n%s", want, b.String())
+		}
 	}
 	path := filepath.Join(t.TempDir(), "r.json")
 	if err := r.WriteJSON(path); err != nil {
@@ -32,7 +37,7 @@ func TestReportMergePrintJSON(t *testing.T) {
 	}
 	var back Report
 	raw, _ := os.ReadFile(path)
-	if err := json.Unmarshal(raw, &back); err != nil || back.Figures[1].Peer == nil || *back.Figures[1].Peer != 0.5 {
+	if err := json.Unmarshal(raw, &back); err != nil || back.Figures[1].Peers["centrifugo"] != 0.5 || len(back.Peers) != 2 {
 		t.Errorf("JSON round trip: %v, %+v", err, back.Figures)
 	}
 }

@@ -29,6 +29,9 @@ type System interface {
 	// Notify posts items in one request (a batch if more than one) and
 	// returns how many were accepted.
 	Notify(hc *http.Client, i int, items []Item) int
+	// Broadcast sends data live to every connected device of users (for
+	// herald, to every socket) and reports whether it was accepted.
+	Broadcast(hc *http.Client, i int, users []string, data any) bool
 	// Procs are every process the system needs, for its CPU.
 	Procs() []Process
 }
@@ -45,13 +48,20 @@ func (t *Target) Name() string { return "herald" }
 // Procs are herald's processes.
 func (t *Target) Procs() []Process { return t.Processes }
 
-// Connect connects herald devices through the Go client.
+// Connect connects herald devices through the Go client; onData gets the
+// data of notifications and broadcasts.
 func (t *Target) Connect(ctx, cctx context.Context, users []string, onData func(string, []byte)) error {
 	return t.devices(ctx, cctx, users, func(user string, f wire.ServerFrame) {
-		if f.Type == wire.TypeNotification {
+		if f.Type == wire.TypeNotification || f.Type == wire.TypeBroadcast {
 			onData(user, f.Data)
 		}
 	})
+}
+
+// Broadcast posts to /v1/broadcast, which reaches every socket.
+func (t *Target) Broadcast(hc *http.Client, i int, _ []string, data any) bool {
+	status, err := t.post(hc, i, "/v1/broadcast", map[string]any{"data": data})
+	return err == nil && status == http.StatusAccepted
 }
 
 // devices connects one device per user (from Clients in turn, if any),
@@ -139,6 +149,9 @@ type Centrifugo struct {
 	APIKey string
 	Secret string // HMAC secret of connection tokens
 	PID    int
+	// RedisPID is the Redis server of Centrifugo's Redis engine; 0 with
+	// its memory engine.
+	RedisPID int
 	// Clients, if any, are the HTTP clients devices dial with, in turn
 	// (the connections scenario spreads them over source addresses).
 	Clients []*http.Client
@@ -147,9 +160,13 @@ type Centrifugo struct {
 // Name is centrifugo.
 func (c *Centrifugo) Name() string { return "centrifugo" }
 
-// Procs is the one server process.
+// Procs is the server process, and Redis if its engine is Redis.
 func (c *Centrifugo) Procs() []Process {
-	return []Process{{Name: "centrifugo", Kind: "centrifugo", PID: c.PID}}
+	ps := []Process{{Name: "centrifugo", Kind: "centrifugo", PID: c.PID}}
+	if c.RedisPID > 0 {
+		ps = append(ps, Process{Name: "redis", Kind: "redis", PID: c.RedisPID})
+	}
+	return ps
 }
 
 // Connect opens a WebSocket per user speaking Centrifugo's JSON protocol:
@@ -255,6 +272,19 @@ func (c *Centrifugo) Notify(hc *http.Client, _ int, items []Item) int {
 		}
 	}
 	return ok
+}
+
+// Broadcast publishes data to every user's personal channel in one
+// /api/broadcast request.
+func (c *Centrifugo) Broadcast(hc *http.Client, _ int, users []string, data any) bool {
+	channels := make([]string, len(users))
+	for i, u := range users {
+		channels[i] = "personal:#" + u
+	}
+	var res struct {
+		Result *struct{} `json:"result"`
+	}
+	return c.api(hc, "/api/broadcast", map[string]any{"channels": channels, "data": data}, &res) == nil && res.Result != nil
 }
 
 func (c *Centrifugo) api(hc *http.Client, path string, body, out any) error {
