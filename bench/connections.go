@@ -40,7 +40,7 @@ func Connections(ctx context.Context, sys System, cfg ConnectionsConfig, r *Repo
 	}
 	setSources(sys, sourceClients(cfg.Sources))
 	procs := sys.Procs()
-	rss0 := rss(procs)
+	rss0, rt0 := rss(procs), goRuntimes(procs)
 	run := runID()
 	users := userNames("bench-cn-"+run, cfg.Sockets)
 	cctx, stop := context.WithCancel(context.Background())
@@ -56,7 +56,7 @@ func Connections(ctx context.Context, sys System, cfg ConnectionsConfig, r *Repo
 		return ctx.Err()
 	case <-time.After(cfg.Settle):
 	}
-	rss1 := rss(procs)
+	rss1, rt1 := rss(procs), goRuntimes(procs)
 	var grew, grewSockets float64
 	for _, p := range procs {
 		d := rss1[p.Name] - rss0[p.Name]
@@ -69,6 +69,21 @@ func Connections(ctx context.Context, sys System, cfg ConnectionsConfig, r *Repo
 	r.Add("connections: connect rate", "/s", float64(cfg.Sockets)/took.Seconds())
 	r.Add("connections: RSS per idle socket, socket servers", "KiB", grewSockets/float64(cfg.Sockets)/1024)
 	r.Add("connections: RSS per idle socket, every server process", "KiB", grew/float64(cfg.Sockets)/1024)
+	var heap, goroutines float64
+	scraped := 0
+	for _, p := range procs {
+		a, okA := rt0[p.Name]
+		b, okB := rt1[p.Name]
+		if okA && okB && (p.Kind == "gateway" || p.Kind == "centrifugo") {
+			heap += b.heap - a.heap
+			goroutines += b.goroutines - a.goroutines
+			scraped++
+		}
+	}
+	if scraped > 0 {
+		r.Add("connections: Go heap in use per idle socket, socket servers", "KiB", heap/float64(cfg.Sockets)/1024)
+		r.Add("connections: goroutines per idle socket, socket servers", "", goroutines/float64(cfg.Sockets))
+	}
 	r.Note("connections: %s: RSS growth summed over %d processes after %v idle, from %d source addresses", sys.Name(), len(procs), cfg.Settle, cfg.Sources)
 	return nil
 }

@@ -162,7 +162,7 @@ func (c *Centrifugo) Name() string { return "centrifugo" }
 
 // Procs is the server process, and Redis if its engine is Redis.
 func (c *Centrifugo) Procs() []Process {
-	ps := []Process{{Name: "centrifugo", Kind: "centrifugo", PID: c.PID}}
+	ps := []Process{{Name: "centrifugo", Kind: "centrifugo", PID: c.PID, Metrics: c.URL + "/metrics"}}
 	if c.RedisPID > 0 {
 		ps = append(ps, Process{Name: "redis", Kind: "redis", PID: c.RedisPID})
 	}

@@ -24,10 +24,12 @@ type Target struct {
 	Clients []*http.Client
 }
 
-// Process is one process of the system under test.
+// Process is one process of the system under test. Metrics, if set, is
+// its Prometheus /metrics URL.
 type Process struct {
 	Name, Kind string
 	PID        int
+	Metrics    string
 }
 
 // cpuTimes is the CPU seconds (user + system) each process has used so

@@ -146,7 +146,11 @@ func benchTarget(path string) (*bench.Target, string, error) {
 	t := &bench.Target{Dispatchers: st.Dispatchers, APIKey: st.APIKey, TokenSecret: st.TokenSecret}
 	for _, c := range st.Children {
 		if c.PID > 0 {
-			t.Processes = append(t.Processes, bench.Process{Name: c.Name, Kind: c.Kind, PID: c.PID})
+			p := bench.Process{Name: c.Name, Kind: c.Kind, PID: c.PID}
+			if c.Kind == "gateway" && c.Admin != "" {
+				p.Metrics = c.Admin + "/metrics"
+			}
+			t.Processes = append(t.Processes, p)
 		}
 	}
 	if len(t.Dispatchers) == 0 || len(t.Processes) == 0 {
