@@ -180,8 +180,8 @@ type chaosRun struct {
 	mu       sync.Mutex                   // guards what follows, and is taken alone
 	accepted map[string]map[uint64]string // user → seq → id
 	posts    map[string]time.Time         // id → when it was first posted
-	refusals []time.Time                  // posts refused as unavailable
-	unknowns []chaosUnknown               // posts whose first answers left the outcome unknown
+	refusals []time.Time                  // when posts were refused as unavailable
+	unknowns []chaosUnknown               // posts whose first answers left the outcome unknown, by when that answer came
 	closes   []chaosClose                 // sockets ended by the servers (or the network)
 	rehomes  []chaosRehome
 	gaveUp   int // posts retried for 2 minutes without a definite outcome
@@ -472,7 +472,10 @@ func (r *chaosRun) post(n int, runID string) {
 				return
 			case res.Error.Code == "unavailable" && attempt == 0:
 				r.mu.Lock()
-				r.refusals = append(r.refusals, at) // certainly not stored; a first refusal is final
+				// Certainly not stored; a first refusal is final. Counted
+				// when it was answered: a post sent just before a fault
+				// and refused because of it is that fault's.
+				r.refusals = append(r.refusals, time.Now())
 				r.mu.Unlock()
 				return
 			}
@@ -481,7 +484,7 @@ func (r *chaosRun) post(n int, runID string) {
 		// Unknown outcome, or the request itself failed: the same id again.
 		if attempt == 0 {
 			r.mu.Lock()
-			r.unknowns = append(r.unknowns, chaosUnknown{at: at, why: why})
+			r.unknowns = append(r.unknowns, chaosUnknown{at: time.Now(), why: why})
 			r.pending++
 			r.mu.Unlock()
 			defer func() {
@@ -759,8 +762,9 @@ func (r *chaosRun) tallies(bounds []time.Time) []chaosTally {
 	return ts
 }
 
-// chaosUnknown is a post whose first answer left its outcome unknown, and
-// that answer: a 503 unknown_outcome, another status, or a failed request.
+// chaosUnknown is a post whose first answer left its outcome unknown: when
+// that answer came, and what it was (a 503 unknown_outcome, another
+// status, or a failed request).
 type chaosUnknown struct {
 	at  time.Time
 	why string
