@@ -18,9 +18,16 @@ import (
 type ConnectionsConfig struct {
 	Sockets  int           // default 5000
 	Settle   time.Duration // how long the sockets idle before memory is read (default 60 s)
-	Sources  int           // source addresses (default 4)
-	Progress io.Writer
+	Sources  int           // source addresses per generator process (default 4)
+	// Generators are the generator processes the sockets are spread over
+	// (default: one per socketsPerGenerator).
+	Generators int
+	Progress   io.Writer
 }
+
+// socketsPerGenerator is how many sockets one generator process holds by
+// default: half its open-files limit, so that reconnects have room.
+const socketsPerGenerator = 9000
 
 // maxSocketsPerProcess keeps one generator process under this machine's
 // hard limit of 20,000 open files.
@@ -35,10 +42,14 @@ func Connections(ctx context.Context, sys System, cfg ConnectionsConfig, r *Repo
 	cfg.Sockets = cmp.Or(cfg.Sockets, 5000)
 	cfg.Settle = cmp.Or(cfg.Settle, 60*time.Second)
 	cfg.Sources = cmp.Or(cfg.Sources, 4)
-	if cfg.Sockets > maxSocketsPerProcess {
-		return fmt.Errorf("connections: %d sockets is more than one generator process holds here (%d; several processes are not built yet)", cfg.Sockets, maxSocketsPerProcess)
+	if cfg.Generators == 0 {
+		cfg.Generators = (cfg.Sockets + socketsPerGenerator - 1) / socketsPerGenerator
 	}
-	setSources(sys, sourceClients(cfg.Sources))
+	if cfg.Sockets > cfg.Generators*maxSocketsPerProcess {
+		return fmt.Errorf("connections: %d sockets is more than %d generator processes hold here (%d each)", cfg.Sockets, cfg.Generators, maxSocketsPerProcess)
+	}
+	spreadDevices(sys, Generators{N: cfg.Generators, Sources: cfg.Sources})
+	defer spreadDevices(sys, Generators{})
 	procs := sys.Procs()
 	rss0, rt0 := rss(procs), goRuntimes(procs)
 	run := runID()
@@ -84,7 +95,7 @@ func Connections(ctx context.Context, sys System, cfg ConnectionsConfig, r *Repo
 		r.Add("connections: Go heap in use per idle socket, socket servers", "KiB", heap/float64(cfg.Sockets)/1024)
 		r.Add("connections: goroutines per idle socket, socket servers", "", goroutines/float64(cfg.Sockets))
 	}
-	r.Note("connections: %s: RSS growth summed over %d processes after %v idle, from %d source addresses", sys.Name(), len(procs), cfg.Settle, cfg.Sources)
+	r.Note("connections: %s: RSS growth summed over %d processes after %v idle; %d generator processes, %d source addresses each", sys.Name(), len(procs), cfg.Settle, cfg.Generators, cfg.Sources)
 	return nil
 }
 
@@ -99,22 +110,28 @@ func rss(procs []Process) map[string]float64 {
 	return out
 }
 
-// sourceClients are HTTP clients dialing from 127.0.0.2, 127.0.0.3, …
-func sourceClients(n int) []*http.Client {
-	out := make([]*http.Client, n)
-	for i := range out {
-		d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, byte(2+i%250))}, Timeout: 10 * time.Second}
-		out[i] = &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{DialContext: d.DialContext, MaxIdleConnsPerHost: 4}}
-	}
-	return out
+// sourceIP is the i-th source address: 127.0.0.2, 127.0.0.3, …
+func sourceIP(i int) net.IP { return net.IPv4(127, 0, 0, byte(2+i%250)) }
+
+// sourceClient is an HTTP client dialing from ip.
+func sourceClient(ip net.IP) *http.Client {
+	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: ip}, Timeout: 10 * time.Second}
+	return &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{DialContext: d.DialContext, MaxIdleConnsPerHost: 4}}
 }
 
-// setSources makes a system's devices dial from the source clients.
-func setSources(sys System, clients []*http.Client) {
+// spreadDevices makes a system's devices dial from g.Sources source addresses,
+// in g.N generator processes if more than one.
+func spreadDevices(sys System, g Generators) {
+	var clients []*http.Client
+	if g.N <= 1 {
+		for i := range g.Sources {
+			clients = append(clients, sourceClient(sourceIP(i)))
+		}
+	}
 	switch s := sys.(type) {
 	case *Target:
-		s.Clients = clients
+		s.Clients, s.Generators = clients, g
 	case *Centrifugo:
-		s.Clients = clients
+		s.Clients, s.Generators = clients, g
 	}
 }

@@ -210,7 +210,7 @@ func Replay(ctx context.Context, t *Target, cfg ReplayConfig, r *Report) error {
 		if got[user]++; got[user] == cfg.Stored {
 			caught = append(caught, time.Since(start))
 		}
-	}); err != nil {
+	}, nil); err != nil {
 		return err
 	}
 	for end := time.Now().Add(2 * time.Minute); time.Now().Before(end) && ctx.Err() == nil; time.Sleep(20 * time.Millisecond) {

@@ -9,10 +9,12 @@ import (
 	"io"
 	"net/http"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/heraldpush/herald/gateway/client"
 	"github.com/heraldpush/herald/gateway/wire"
 	"github.com/heraldpush/herald/ring"
 )
@@ -32,6 +34,10 @@ type RehomeConfig struct {
 	// it back once the scenario has measured.
 	Stop  func(ctx context.Context, gateway string, graceful bool) error
 	Start func(ctx context.Context, gateway string) error
+	// Generators hold the devices (default: 2 processes, 4 source
+	// addresses each), so that the generator's own open-files limit is
+	// not what 10,000 users reconnecting at once run into.
+	Generators Generators
 	// Within bounds the wait for every displaced user (default 2 min).
 	Within   time.Duration
 	Progress io.Writer
@@ -43,6 +49,9 @@ type rehomeDevice struct {
 	moved   time.Time // first hello from another gateway than the killed one
 	probe   time.Time // the probe's arrival
 	probes  int       // probes received (more than one is a duplicate)
+	// events are its connection's changes after the kill, for the report
+	// on the slowest user.
+	events []string
 }
 
 // Rehome measures how long the users of a killed gateway are away: from the
@@ -52,6 +61,8 @@ type rehomeDevice struct {
 func Rehome(ctx context.Context, t *Target, cfg RehomeConfig, r *Report) error {
 	cfg.Users = cmp.Or(cfg.Users, 10_000)
 	cfg.Within = cmp.Or(cfg.Within, 2*time.Minute)
+	cfg.Generators.N = cmp.Or(cfg.Generators.N, 2)
+	cfg.Generators.Sources = cmp.Or(cfg.Generators.Sources, 4)
 	if cfg.Stop == nil || cfg.Start == nil {
 		return errors.New("rehome: the scenario needs a way to stop and start a gateway")
 	}
@@ -73,6 +84,7 @@ func Rehome(ctx context.Context, t *Target, cfg RehomeConfig, r *Report) error {
 		mu      sync.Mutex
 		devices = make(map[string]*rehomeDevice, len(users))
 		killed  atomic.Bool
+		t0v     atomic.Value // the kill's time, once killed
 		movedCh = make(chan struct{}, 1)
 	)
 	for _, u := range users {
@@ -81,6 +93,8 @@ func Rehome(ctx context.Context, t *Target, cfg RehomeConfig, r *Report) error {
 	probeData := map[string]string{"run": run, "probe": "after the kill"}
 	cctx, stop := context.WithCancel(context.Background())
 	defer stop()
+	spreadDevices(t, cfg.Generators)
+	defer spreadDevices(t, Generators{})
 	err = t.devices(ctx, cctx, users, func(user string, f wire.ServerFrame) {
 		mu.Lock()
 		defer mu.Unlock()
@@ -103,6 +117,23 @@ func Rehome(ctx context.Context, t *Target, cfg RehomeConfig, r *Report) error {
 				}
 			}
 		}
+	}, func(user string, st client.Status) {
+		if !killed.Load() {
+			return
+		}
+		e := fmt.Sprintf("+%v ", time.Since(t0v.Load().(time.Time)).Round(time.Millisecond))
+		switch {
+		case st.Connected:
+			e += "hello from " + st.Gateway
+		default:
+			e += fmt.Sprintf("down (close %d, %v), backoff %v", st.CloseCode, st.Err, st.Backoff.Round(time.Millisecond))
+		}
+		mu.Lock()
+		d := devices[user]
+		if len(d.events) < 20 {
+			d.events = append(d.events, e)
+		}
+		mu.Unlock()
 	})
 	if err != nil {
 		return err
@@ -122,8 +153,9 @@ func Rehome(ctx context.Context, t *Target, cfg RehomeConfig, r *Report) error {
 	fmt.Fprintf(progress(cfg.Progress), "bench rehome: %d users on %s; %s\n", len(users), victim, how)
 
 	cpu0 := cpuTimes(t.Processes)
-	killed.Store(true)
 	t0 := time.Now()
+	t0v.Store(t0)
+	killed.Store(true)
 	stopped := make(chan error, 1)
 	go func() { stopped <- cfg.Stop(ctx, victim, cfg.Graceful) }()
 	// The probes go out once the kill has landed: the process is gone, or
@@ -186,7 +218,10 @@ func Rehome(ctx context.Context, t *Target, cfg RehomeConfig, r *Report) error {
 	mu.Lock()
 	var back []time.Duration
 	lost, dups, stayed := 0, 0, 0
-	for _, d := range devices {
+	var slowest []string // the slowest user's events
+	var slowestUser string
+	var slowestTook time.Duration
+	for u, d := range devices {
 		switch {
 		case d.probes == 0:
 			lost++
@@ -198,7 +233,11 @@ func Rehome(ctx context.Context, t *Target, cfg RehomeConfig, r *Report) error {
 			continue
 		}
 		if !d.probe.IsZero() {
-			back = append(back, max(d.moved.Sub(t0), d.probe.Sub(t0)))
+			took := max(d.moved.Sub(t0), d.probe.Sub(t0))
+			back = append(back, took)
+			if took > slowestTook {
+				slowest, slowestUser, slowestTook = slices.Clone(d.events), u, took
+			}
 		}
 	}
 	mu.Unlock()
@@ -222,6 +261,9 @@ func Rehome(ctx context.Context, t *Target, cfg RehomeConfig, r *Report) error {
 	r.Note("rehome: %d users all owned by %s, Go client defaults; %s at t0, a probe posted to each user once the kill landed (%v after t0); time from t0 to the user's hello on its new owner and its probe, whichever is later",
 		len(users), victim, how, sent.Sub(t0).Round(time.Millisecond))
 
+	if slowestUser != "" {
+		r.Note("rehome: the slowest user, %s (%v): %s", slowestUser, slowestTook.Round(time.Millisecond), strings.Join(slowest, "; "))
+	}
 	if err := cfg.Start(ctx, victim); err != nil {
 		return fmt.Errorf("rehome: starting %s again: %w", victim, err)
 	}

@@ -55,7 +55,7 @@ func (t *Target) Connect(ctx, cctx context.Context, users []string, onData func(
 		if f.Type == wire.TypeNotification || f.Type == wire.TypeBroadcast {
 			onData(user, f.Data)
 		}
-	})
+	}, nil)
 }
 
 // Broadcast posts to /v1/broadcast, which reaches every socket.
@@ -65,9 +65,21 @@ func (t *Target) Broadcast(hc *http.Client, i int, _ []string, data any) bool {
 }
 
 // devices connects one device per user (from Clients in turn, if any),
-// living until cctx ends, passes every frame to onFrame, and returns once
-// every one has had its hello.
-func (t *Target) devices(ctx, cctx context.Context, users []string, onFrame func(user string, f wire.ServerFrame)) error {
+// living until cctx ends, passes every frame to onFrame and every change of
+// connection to onStatus (if not nil), and returns once every one has had
+// its hello.
+func (t *Target) devices(ctx, cctx context.Context, users []string, onFrame func(user string, f wire.ServerFrame), onStatus func(user string, s client.Status)) error {
+	if t.Generators.N > 1 {
+		spec := WorkerSpec{System: "herald", Dispatchers: t.Dispatchers, APIKey: t.APIKey, TokenSecret: t.TokenSecret}
+		return t.Generators.run(ctx, cctx, spec, users, func(l workerLine) {
+			switch {
+			case l.Kind == "frame" && l.Frame != nil:
+				onFrame(l.User, *l.Frame)
+			case l.Kind == "status" && l.Status != nil && onStatus != nil:
+				onStatus(l.User, l.Status.status())
+			}
+		})
+	}
 	secret := []byte(t.TokenSecret)
 	var ready atomic.Int64
 	for i, user := range users {
@@ -81,8 +93,14 @@ func (t *Target) devices(ctx, cctx context.Context, users []string, onFrame func
 			Token:      func(context.Context) (string, error) { return token.Sign(secret, user, time.Hour) },
 			OnFrame:    func(_ string, f wire.ServerFrame) { onFrame(user, f) },
 			OnEvent: func(e client.Event) {
-				if e.Kind == client.EventStatus && e.Status.Connected {
+				if e.Kind != client.EventStatus {
+					return
+				}
+				if e.Status.Connected {
 					ready.Add(1)
+				}
+				if onStatus != nil {
+					onStatus(user, e.Status)
 				}
 			},
 		})
@@ -155,6 +173,9 @@ type Centrifugo struct {
 	// Clients, if any, are the HTTP clients devices dial with, in turn
 	// (the connections scenario spreads them over source addresses).
 	Clients []*http.Client
+	// Generators, if more than one, hold the devices in generator
+	// processes of their own instead of this one.
+	Generators Generators
 }
 
 // Name is centrifugo.
@@ -173,6 +194,14 @@ func (c *Centrifugo) Procs() []Process {
 // connect with an HS256 token, answer the server's pings, and pass each
 // publication's data on.
 func (c *Centrifugo) Connect(ctx, cctx context.Context, users []string, onData func(string, []byte)) error {
+	if c.Generators.N > 1 {
+		spec := WorkerSpec{System: "centrifugo", URL: c.URL, Secret: c.Secret}
+		return c.Generators.run(ctx, cctx, spec, users, func(l workerLine) {
+			if l.Kind == "data" {
+				onData(l.User, l.Data)
+			}
+		})
+	}
 	var ready atomic.Int64
 	for i, user := range users {
 		var hc *http.Client

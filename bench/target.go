@@ -22,6 +22,9 @@ type Target struct {
 	// Clients, if any, are the HTTP clients devices connect with, in turn
 	// (the connections scenario spreads them over source addresses).
 	Clients []*http.Client
+	// Generators, if more than one, hold the devices in generator
+	// processes of their own instead of this one.
+	Generators Generators
 }
 
 // Process is one process of the system under test. Metrics, if set, is

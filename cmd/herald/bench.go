@@ -27,6 +27,11 @@ func runBench(ctx context.Context, args []string) error {
 		return errors.New("usage: herald bench ring|notify|batch|fan-in|broadcast|replay|rehome|connections [flags]; herald bench SCENARIO --help for its flags")
 	}
 	scenario, args := args[0], args[1:]
+	if scenario == "worker" {
+		// A generator process of a scenario's own (bench.Generators):
+		// its spec on stdin, its events on stdout.
+		return bench.RunWorker(ctx, os.Stdin, os.Stdout)
+	}
 	fs := newFlagSet("bench "+scenario, "Measure a running herald cluster (default: herald dev's) in the "+scenario+" scenario; print a table, and JSON with --out.")
 	statePath := fs.String("state", "data/dev/state.json", "the herald dev state file naming the cluster's dispatchers, secrets and processes")
 	var pc peerConfig
@@ -66,13 +71,16 @@ func runBench(ctx context.Context, args []string) error {
 		fs.Float64Var(&bc.Rate, "rate", 10, "broadcasts per second")
 		fs.DurationVar(&bc.Duration, "duration", 10*time.Second, "how long to broadcast")
 	case "connections":
-		fs.IntVar(&cc.Sockets, "sockets", 5000, "idle authenticated sockets, one user each (at most 18,000 from this one process)")
+		fs.IntVar(&cc.Sockets, "sockets", 5000, "idle authenticated sockets, one user each")
 		fs.DurationVar(&cc.Settle, "settle", 60*time.Second, "how long the sockets idle before memory is read")
-		fs.IntVar(&cc.Sources, "sources", 4, "source addresses 127.0.0.2… the sockets are spread over")
+		fs.IntVar(&cc.Sources, "sources", 4, "source addresses 127.0.0.2… each generator process dials from")
+		fs.IntVar(&cc.Generators, "generators", 0, "generator processes holding the sockets (default: one per 9,000)")
 	case "rehome":
 		fs.IntVar(&hc.Users, "users", 10_000, "users, every one owned by the gateway that is killed")
 		fs.BoolVar(&hc.Graceful, "graceful", false, "SIGTERM the gateway (it drains) instead of SIGKILL")
 		fs.StringVar(&hc.Gateway, "gateway", "", "the gateway to kill (default: the ring's first)")
+		fs.IntVar(&hc.Generators.N, "generators", 2, "generator processes holding the devices")
+		fs.IntVar(&hc.Generators.Sources, "sources", 4, "source addresses 127.0.0.2… each generator process dials from")
 	case "replay":
 		fs.IntVar(&rp.Users, "users", 1000, "users, each with --stored notifications, connecting at once")
 		fs.IntVar(&rp.Stored, "stored", 100, "notifications stored per user before it connects")

@@ -37,7 +37,7 @@ peer=(--peer centrifugo --peer-engine "${BENCH_PEER_ENGINES:-memory,redis}" --ce
 	--centrifugo-config "$root/deploy/bench/centrifugo.json" --centrifugo-redis-config "$root/deploy/bench/centrifugo-redis.json")
 # First, while the cluster is fresh: memory per socket is the servers'
 # growth from what they hold before.
-"$herald" bench connections --state "$state" --sockets "${BENCH_SOCKETS:-5000}" --settle "${BENCH_SETTLE:-60s}" "${peer[@]}" --out "$out/connections.json"
+"$herald" bench connections --state "$state" --sockets "${BENCH_SOCKETS:-15000}" --settle "${BENCH_SETTLE:-60s}" "${peer[@]}" --out "$out/connections.json"
 "$herald" bench notify --state "$state" --users 1000 --step "${BENCH_STEP:-5s}" "${peer[@]}" --out "$out/notify.json"
 "$herald" bench batch --state "$state" --users 1000 --step "${BENCH_STEP:-5s}" "${peer[@]}" --out "$out/batch.json"
 "$herald" bench fan-in --state "$state" --users 10 --step "${BENCH_STEP:-5s}" "${peer[@]}" --out "$out/fan-in.json"
