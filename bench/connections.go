@@ -16,9 +16,9 @@ import (
 // addresses 127.0.0.2… (one address reaches about 28k ports of one
 // destination).
 type ConnectionsConfig struct {
-	Sockets  int           // default 5000
-	Settle   time.Duration // how long the sockets idle before memory is read (default 60 s)
-	Sources  int           // source addresses per generator process (default 4)
+	Sockets int           // default 5000
+	Settle  time.Duration // how long the sockets idle before memory is read (default 60 s)
+	Sources int           // source addresses per generator process (default 4)
 	// Generators are the generator processes the sockets are spread over
 	// (default: one per socketsPerGenerator).
 	Generators int
