@@ -118,8 +118,9 @@ func TestConnectBudgetPerUser(t *testing.T) {
 	bob.hello() // another user's budget is his own
 }
 
-// TestAdminListener: metrics and pprof are served on the admin listener
-// only (pprof only when enabled); the probes on both.
+// TestAdminListener: metrics (with the Go runtime's and the process's) and
+// pprof are served on the admin listener only (pprof only when enabled);
+// the probes on both.
 func TestAdminListener(t *testing.T) {
 	c := newCluster(t, inbox.Config{})
 	c.startGateway("gw-1")
@@ -143,6 +144,12 @@ func TestAdminListener(t *testing.T) {
 		} {
 			if got := status(url); got != want {
 				t.Errorf("%s: GET %s = %d, want %d", id, url, got, want)
+			}
+		}
+		// The runtime's and the process's own figures, beside herald's.
+		for _, name := range []string{"go_goroutines", "go_memstats_heap_inuse_bytes", "process_resident_memory_bytes"} {
+			if v, ok := scrape(c.gws[id].url, name); !ok || v <= 0 {
+				t.Errorf("%s: /metrics has %s = %v (found %v), want a positive figure", id, name, v, ok)
 			}
 		}
 	}

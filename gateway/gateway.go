@@ -24,6 +24,7 @@ import (
 	"github.com/heraldpush/herald/ring/consul"
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"golang.org/x/sync/errgroup"
 )
 
@@ -187,7 +188,12 @@ func (c *Config) fill() error {
 	}
 	c.fillLimits()
 	if c.Registry == nil {
+		// A registry of its own also carries the Go runtime's and the
+		// process's metrics (heap, goroutines, RSS, open files), which
+		// say what each socket costs; a caller's registry may hold them
+		// already.
 		c.Registry = prometheus.NewRegistry()
+		c.Registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
