@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"slices"
 	"strings"
@@ -66,7 +67,7 @@ func Rehome(ctx context.Context, t *Target, cfg RehomeConfig, r *Report) error {
 	if cfg.Stop == nil || cfg.Start == nil {
 		return errors.New("rehome: the scenario needs a way to stop and start a gateway")
 	}
-	arcs, err := t.arcs(ctx)
+	arcs, err := t.arcs(ctx, t.Dispatchers[0])
 	if err != nil {
 		return err
 	}
@@ -155,7 +156,17 @@ func Rehome(ctx context.Context, t *Target, cfg RehomeConfig, r *Report) error {
 		}
 	}
 	if onVictim < len(users) {
-		return fmt.Errorf("rehome: %d of %d users are on %s, their owner, a minute after connecting", onVictim, len(users), victim)
+		mu.Lock()
+		on := map[string]int{}
+		for _, d := range devices {
+			on[d.gateway]++
+		}
+		mu.Unlock()
+		members := map[string]bool{}
+		for _, a := range arcs {
+			members[a.ID] = true
+		}
+		return fmt.Errorf("rehome: %d of %d users are on %s, their owner on the ring of %v, a minute after connecting; users by gateway: %v", onVictim, len(users), victim, slices.Sorted(maps.Keys(members)), on)
 	}
 	how := map[bool]string{false: "SIGKILL", true: "SIGTERM (drain)"}[cfg.Graceful]
 	fmt.Fprintf(progress(cfg.Progress), "bench rehome: %d users on %s; %s\n", len(users), victim, how)
@@ -275,6 +286,11 @@ func Rehome(ctx context.Context, t *Target, cfg RehomeConfig, r *Report) error {
 	if err := cfg.Start(ctx, victim); err != nil {
 		return fmt.Errorf("rehome: starting %s again: %w", victim, err)
 	}
+	// Back in every dispatcher's ring before the next scenario (or run)
+	// picks its users by the ring.
+	if err := t.waitInRing(ctx, victim, time.Minute); err != nil {
+		return fmt.Errorf("rehome: %s started again: %w", victim, err)
+	}
 	switch {
 	case lost > 0 || dups > 0:
 		return fmt.Errorf("rehome: %d probes lost, %d duplicated", lost, dups)
@@ -296,9 +312,9 @@ func usersOwnedBy(arcs []ring.Arc, gateway, prefix string, n int) []string {
 	return users
 }
 
-// arcs is the ring as the first dispatcher sees it.
-func (t *Target) arcs(ctx context.Context) ([]ring.Arc, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, t.Dispatchers[0]+"/v1/cluster", nil)
+// arcs is the ring as a dispatcher sees it.
+func (t *Target) arcs(ctx context.Context, dispatcher string) ([]ring.Arc, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, dispatcher+"/v1/cluster", nil)
 	if err != nil {
 		return nil, err
 	}
@@ -328,4 +344,23 @@ func (t *Target) arcs(ctx context.Context) ([]ring.Arc, error) {
 		arcs[i] = ring.Arc{Start: a.Start, End: a.End, ID: a.Gateway}
 	}
 	return arcs, nil
+}
+
+// waitInRing waits until gateway owns arcs on every dispatcher's ring.
+func (t *Target) waitInRing(ctx context.Context, gateway string, within time.Duration) error {
+	in := func() bool {
+		for _, d := range t.Dispatchers {
+			arcs, err := t.arcs(ctx, d)
+			if err != nil || !slices.ContainsFunc(arcs, func(a ring.Arc) bool { return a.ID == gateway }) {
+				return false
+			}
+		}
+		return true
+	}
+	for end := time.Now().Add(within); !in(); time.Sleep(100 * time.Millisecond) {
+		if time.Now().After(end) || ctx.Err() != nil {
+			return fmt.Errorf("not back in the dispatchers' rings within %v", within)
+		}
+	}
+	return nil
 }
