@@ -129,6 +129,15 @@ func Notify(ctx context.Context, sys System, cfg NotifyConfig, r *Report) error 
 	try := func(rate float64) bool {
 		s := n.runStep(ctx, rate)
 		ok, why := s.sustainable(cfg.MaxP99)
+		if !ok && s.OnSchedule < 0.99 && ctx.Err() == nil {
+			// The generator, not the server, fell behind: on a shared
+			// machine a stall of this process does that at any rate, so
+			// the step counts as failed only if a second run of it
+			// falls behind too.
+			fmt.Fprintf(cfg.Progress, "bench %s: %.0f/s: %s; running the step again\n", name, rate, why)
+			s = n.runStep(ctx, rate)
+			ok, why = s.sustainable(cfg.MaxP99)
+		}
 		if ok {
 			why, lo, best = "kept up", rate, s
 		} else {

@@ -280,7 +280,7 @@ func startRedis(ctx context.Context, bin string, port int) (pid int, stop func()
 		return werr == nil && string(buf[:n]) == "+PONG\r\n"
 	}); err != nil {
 		stop()
-		return 0, nil, fmt.Errorf("Redis on %s does not answer PING: %w", addr, err)
+		return 0, nil, fmt.Errorf("no PONG from Redis on %s: %w", addr, err)
 	}
 	return cmd.Process.Pid, stop, nil
 }
