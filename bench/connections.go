@@ -56,11 +56,11 @@ func Connections(ctx context.Context, sys System, cfg ConnectionsConfig, r *Repo
 	users := userNames("bench-cn-"+run, cfg.Sockets)
 	cctx, stop := context.WithCancel(context.Background())
 	defer stop()
-	start := time.Now()
+	start, failed0 := time.Now(), sys.Failures()
 	if err := sys.Connect(ctx, cctx, users, func(string, []byte) {}); err != nil {
 		return err
 	}
-	took := time.Since(start)
+	took, failed := time.Since(start), sys.Failures()-failed0
 	fmt.Fprintf(progress(cfg.Progress), "bench connections: %s: %d sockets in %v; idling %v\n", sys.Name(), cfg.Sockets, took.Round(time.Millisecond), cfg.Settle)
 	select {
 	case <-ctx.Done():
@@ -78,6 +78,7 @@ func Connections(ctx context.Context, sys System, cfg ConnectionsConfig, r *Repo
 	}
 	r.Add("connections: sockets", "", float64(cfg.Sockets))
 	r.Add("connections: connect rate", "/s", float64(cfg.Sockets)/took.Seconds())
+	r.Add("connections: failed connect attempts", "", float64(failed))
 	r.Add("connections: RSS per idle socket, socket servers", "KiB", grewSockets/float64(cfg.Sockets)/1024)
 	r.Add("connections: RSS per idle socket, every server process", "KiB", grew/float64(cfg.Sockets)/1024)
 	var heap, goroutines float64

@@ -34,6 +34,9 @@ type System interface {
 	Broadcast(hc *http.Client, i int, users []string, data any) bool
 	// Procs are every process the system needs, for its CPU.
 	Procs() []Process
+	// Failures counts the connect attempts that failed so far: herald's
+	// client tries again after each; a Centrifugo device gives up.
+	Failures() int64
 }
 
 // Item is one notification to post.
@@ -58,6 +61,9 @@ func (t *Target) Connect(ctx, cctx context.Context, users []string, onData func(
 	}, nil)
 }
 
+// Failures counts the sockets that ended or could not be opened.
+func (t *Target) Failures() int64 { return t.failed.Load() }
+
 // Broadcast posts to /v1/broadcast, which reaches every socket.
 func (t *Target) Broadcast(hc *http.Client, i int, _ []string, data any) bool {
 	status, err := t.post(hc, i, "/v1/broadcast", map[string]any{"data": data})
@@ -75,8 +81,13 @@ func (t *Target) devices(ctx, cctx context.Context, users []string, onFrame func
 			switch {
 			case l.Kind == "frame" && l.Frame != nil:
 				onFrame(l.User, *l.Frame)
-			case l.Kind == "status" && l.Status != nil && onStatus != nil:
-				onStatus(l.User, l.Status.status())
+			case l.Kind == "status" && l.Status != nil:
+				if !l.Status.Connected {
+					t.failed.Add(1)
+				}
+				if onStatus != nil {
+					onStatus(l.User, l.Status.status())
+				}
 			}
 		})
 	}
@@ -98,6 +109,8 @@ func (t *Target) devices(ctx, cctx context.Context, users []string, onFrame func
 				}
 				if e.Status.Connected {
 					ready.Add(1)
+				} else {
+					t.failed.Add(1)
 				}
 				if onStatus != nil {
 					onStatus(user, e.Status)
@@ -176,7 +189,13 @@ type Centrifugo struct {
 	// Generators, if more than one, hold the devices in generator
 	// processes of their own instead of this one.
 	Generators Generators
+
+	failed atomic.Int64 // devices that gave up before their connect reply
 }
+
+// Failures counts the devices that failed to connect (in this process;
+// a generator process that has any reports its connect failed).
+func (c *Centrifugo) Failures() int64 { return c.failed.Load() }
 
 // Name is centrifugo.
 func (c *Centrifugo) Name() string { return "centrifugo" }
@@ -214,6 +233,12 @@ func (c *Centrifugo) Connect(ctx, cctx context.Context, users []string, onData f
 }
 
 func (c *Centrifugo) device(ctx context.Context, user string, hc *http.Client, ready *atomic.Int64, onData func(string, []byte)) {
+	connected := false
+	defer func() {
+		if !connected && ctx.Err() == nil {
+			c.failed.Add(1)
+		}
+	}()
 	tok, err := token.Sign([]byte(c.Secret), user, time.Hour)
 	if err != nil {
 		return
@@ -258,6 +283,7 @@ func (c *Centrifugo) device(ctx context.Context, user string, hc *http.Client, r
 					return
 				}
 			case rep.ID == 1 && rep.Connect != nil:
+				connected = true
 				ready.Add(1)
 			case rep.ID == 1 && rep.Error != nil:
 				return

@@ -5,6 +5,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/procfs"
@@ -25,6 +26,8 @@ type Target struct {
 	// Generators, if more than one, hold the devices in generator
 	// processes of their own instead of this one.
 	Generators Generators
+
+	failed atomic.Int64 // sockets that ended or could not be opened
 }
 
 // Process is one process of the system under test. Metrics, if set, is
