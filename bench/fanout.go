@@ -226,12 +226,7 @@ func Replay(ctx context.Context, t *Target, cfg ReplayConfig, r *Report) error {
 	mu.Lock()
 	defer mu.Unlock()
 	slices.Sort(caught)
-	q := func(p float64) float64 {
-		if len(caught) == 0 {
-			return 0
-		}
-		return float64(caught[min(len(caught)-1, int(p*float64(len(caught))))].Microseconds()) / 1000
-	}
+	q := func(p float64) float64 { return quantileMS(caught, p) }
 	r.Add("replay: users caught up", "", float64(len(caught)))
 	r.Add("replay: time until caught up p50", "ms", q(.5))
 	r.Add("replay: time until caught up p99", "ms", q(.99))
@@ -250,4 +245,13 @@ func progress(w io.Writer) io.Writer {
 		return io.Discard
 	}
 	return w
+}
+
+// quantileMS is the p-quantile of sorted durations, in milliseconds; 0 if
+// there are none.
+func quantileMS(sorted []time.Duration, p float64) float64 {
+	if len(sorted) == 0 {
+		return 0
+	}
+	return float64(sorted[min(len(sorted)-1, int(p*float64(len(sorted))))].Microseconds()) / 1000
 }

@@ -261,12 +261,7 @@ func Rehome(ctx context.Context, t *Target, cfg RehomeConfig, r *Report) error {
 	}
 	mu.Unlock()
 	slices.Sort(back)
-	q := func(p float64) float64 {
-		if len(back) == 0 {
-			return 0
-		}
-		return float64(back[min(len(back)-1, int(p*float64(len(back))))].Microseconds()) / 1000
-	}
+	q := func(p float64) float64 { return quantileMS(back, p) }
 	prefix := "rehome (" + map[bool]string{false: "SIGKILL", true: "SIGTERM"}[cfg.Graceful] + "): "
 	r.Add(prefix+"users displaced", "", float64(len(users)))
 	r.Add(prefix+"users on their new owner with the probe", "", float64(len(back)))
