@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"reflect"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -30,22 +29,10 @@ func (e *env) ensureStream(cfg inbox.Config) {
 
 // streamUpdates counts the stream configuration updates anyone sends from
 // now on.
-func (e *env) streamUpdates() func() int64 {
+func (e *env) streamUpdates() func() int {
 	e.t.Helper()
-	var n atomic.Int64
-	spy := inboxtest.Connect(e.t, e.nats.URL())
-	if _, err := spy.Subscribe("$JS.API.STREAM.UPDATE.HERALD_INBOX", func(*nats.Msg) { n.Add(1) }); err != nil {
-		e.t.Fatal(err)
-	}
-	if err := spy.Flush(); err != nil {
-		e.t.Fatal(err)
-	}
-	return func() int64 {
-		if err := spy.Flush(); err != nil {
-			e.t.Fatal(err)
-		}
-		return n.Load()
-	}
+	_, n := inboxtest.Count(e.t, e.nats.URL(), "$JS.API.STREAM.UPDATE.HERALD_INBOX")
+	return n
 }
 
 // runToError runs a dispatcher that is expected to stop by itself, and

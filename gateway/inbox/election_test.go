@@ -205,7 +205,11 @@ func TestAppendsRideOutLeaderElection(t *testing.T) {
 			if failed > 0 {
 				t.Fatalf("%d of %d appends failed through the election:\n%s", failed, total, strings.Join(errs, "\n"))
 			}
-			if retries == 0 {
+			// A crashed leader leaves the stream leaderless for seconds, so
+			// appends must have retried, or the test proved nothing. A
+			// stopped one may hand its leadership over cleanly (seen in
+			// CI: 1.0s, longest append 37ms, no retry), which is a pass.
+			if crash && retries == 0 {
 				t.Fatal("no append retried: none ran while the stream had no leader, so the test proves nothing")
 			}
 			// Each user's log, read back once every replica holds it.

@@ -55,33 +55,7 @@ func createdEpoch(info *jetstream.StreamInfo) string {
 // waits for).
 func updates(tb testing.TB, url string) (*nats.Conn, func() int) {
 	tb.Helper()
-	// A channel subscription, not a callback: nats.go's read loop puts a
-	// message on the channel before it reads the PONG that ends Flush,
-	// whereas a callback runs later on its own goroutine, so a count
-	// taken after Flush could miss an update that has already arrived.
-	updates := make(chan *nats.Msg, 1024)
-	spy := inboxtest.Connect(tb, url, nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
-	if _, err := spy.ChanSubscribe("$JS.API.STREAM.UPDATE.HERALD_INBOX", updates); err != nil {
-		tb.Fatal(err)
-	}
-	if err := spy.Flush(); err != nil {
-		tb.Fatal(err)
-	}
-	n := 0
-	return spy, func() int {
-		tb.Helper()
-		if err := spy.Flush(); err != nil { // the updates sent so far have arrived
-			tb.Fatal(err)
-		}
-		for {
-			select {
-			case <-updates:
-				n++
-			default:
-				return n
-			}
-		}
-	}
+	return inboxtest.Count(tb, url, "$JS.API.STREAM.UPDATE.HERALD_INBOX")
 }
 
 func refresh(tb testing.TB, l *inbox.Log) string {

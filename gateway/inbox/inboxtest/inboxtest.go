@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/url"
 	"strconv"
+	"sync"
 	"testing"
 	"time"
 
@@ -155,4 +156,43 @@ func Connect(tb testing.TB, url string, opts ...nats.Option) *nats.Conn {
 	}
 	tb.Cleanup(nc.Close)
 	return nc
+}
+
+// Count counts the messages anyone publishes on subject from now on, such as
+// JetStream API requests. The count it returns has every message published
+// before the call: it flushes its own connection first, and it reads a
+// channel subscription, which nats.go fills in its read loop before the PONG
+// that ends the flush (a callback would run later, on its own goroutine, so
+// a count could miss a message that had already arrived). The connection
+// reconnects, so the count survives a server restart.
+func Count(tb testing.TB, url, subject string) (*nats.Conn, func() int) {
+	tb.Helper()
+	msgs := make(chan *nats.Msg, 1<<16)
+	spy := Connect(tb, url, nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
+	if _, err := spy.ChanSubscribe(subject, msgs); err != nil {
+		tb.Fatal(err)
+	}
+	if err := spy.Flush(); err != nil {
+		tb.Fatal(err)
+	}
+	var (
+		mu sync.Mutex
+		n  int
+	)
+	return spy, func() int {
+		tb.Helper()
+		if err := spy.Flush(); err != nil {
+			tb.Fatal(err)
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		for {
+			select {
+			case <-msgs:
+				n++
+			default:
+				return n
+			}
+		}
+	}
 }
