@@ -114,7 +114,7 @@ func (g *Gateway) accept(c conn, release func(), edgeErr error) (_ *session, fir
 	}()
 	// Where the socket resumes is decided before it joins the hub's
 	// sessions, so a refusal can still close it cleanly.
-	st, err := h.startAt(ctx, f.Since, f.Epoch)
+	st, err := h.startAt(ctx, f)
 	if err != nil {
 		g.users.leave(h, nil)
 		return nil, nil, nil, closeFor(err)
@@ -140,8 +140,9 @@ func (g *Gateway) accept(c conn, release func(), edgeErr error) (_ *session, fir
 		frame, cl := moved(owner.URL)
 		return nil, nil, frame, cl
 	}
-	hello := wire.Encode(wire.Hello{Type: wire.TypeHello, Gateway: g.cfg.ID, User: user, Epoch: st.helloEpoch, Cursor: st.helloCursor})
-	first = [][]byte{hello}
+	hello := st.hello
+	hello.Type, hello.Gateway, hello.User = wire.TypeHello, g.cfg.ID, user
+	first = [][]byte{wire.Encode(hello)}
 	if st.gap != nil {
 		first = append(first, st.gap)
 	}
@@ -162,7 +163,12 @@ func (g *Gateway) readAuth(c conn) (wire.ClientFrame, wire.Close) {
 		return wire.ClientFrame{}, closeGone
 	}
 	f, err := wire.DecodeClientFrame(b)
-	if typ != websocket.MessageText || err != nil || f.Type != wire.TypeAuth {
+	switch {
+	case errors.Is(err, wire.ErrBadStart):
+		// An auth frame a client's code got wrong, not a credential: 4003
+		// would send it for a new token.
+		return wire.ClientFrame{}, closeBadStart
+	case typ != websocket.MessageText || err != nil || f.Type != wire.TypeAuth:
 		return wire.ClientFrame{}, closeNotAuth
 	}
 	return f, closeNone

@@ -31,6 +31,7 @@ var (
 	closeConnectRate    = wire.Close{Code: wire.CloseTooManySockets, Reason: "too many connects for this user"}
 	closeSlow           = wire.Close{Code: wire.CloseSlowConsumer, Reason: "slow consumer"}
 	closeBadFrame       = wire.Close{Code: wire.CloseBadFrame, Reason: "malformed frame"}
+	closeBadStart       = wire.Close{Code: wire.CloseBadFrame, Reason: "bad start: want all, live, or last with last 1..1000"}
 	closeNewEpoch       = wire.Close{Code: wire.CloseServiceRestart, Reason: "log recreated"}
 	closeShutdown       = wire.Close{Code: wire.CloseServiceRestart, Reason: "gateway shutting down"}
 	closeInternal       = wire.Close{Code: wire.CloseServiceRestart, Reason: "internal error"}

@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"cmp"
 	"context"
 	"sort"
 	"sync"
@@ -402,33 +403,36 @@ func (h *hub) sessionList() []*session {
 }
 
 // start is where a new session begins: what its hello says, where its
-// cursor is, and the gap frame that follows the hello if the client's
-// cursor is void.
+// cursor is, the gap frame that follows the hello if the client's cursor is
+// void, and the seq the session must pass to be caught up (the log's head
+// when it started, as far as the hub knows).
 type start struct {
-	helloEpoch  string
-	helloCursor uint64
-	cursor      uint64
-	fresh       bool
-	gap         []byte
+	hello  wire.Hello // without type, gateway and user
+	cursor uint64
+	fresh  bool
+	gap    []byte
+	target uint64
 }
 
 // startAt decides where a new session resumes: after since, if since is a
-// position in this epoch's log; from the start for since 0 (a fresh
-// device); otherwise from the oldest retained message, after a gap that
-// voids the old cursor.
+// position in this epoch's log; for since 0 (a device without a cursor)
+// where the auth frame's start says; otherwise from the oldest retained
+// message, after a gap that voids the old cursor.
 //
 // With a gap the hello repeats the client's own cursor, and only the gap
 // frame moves it: a client saves what each frame says as its cursor, so if
 // the socket ends between the two, it comes back with its old cursor and
 // learns of the gap then, instead of resuming as a fresh device that never
 // hears of it.
-func (h *hub) startAt(ctx context.Context, since uint64, epoch string) (start, error) {
+func (h *hub) startAt(ctx context.Context, auth wire.ClientFrame) (start, error) {
+	since, epoch := auth.Since, auth.Epoch
 	h.mu.Lock()
 	head, cur := h.head, h.epoch
 	h.mu.Unlock()
 	if since == 0 {
-		return start{helloEpoch: cur, fresh: true}, nil
+		return h.startFresh(ctx, auth)
 	}
+	resume := wire.Hello{Start: wire.StartResume}
 	valid := epoch == "" || epoch == cur
 	l := h.u.reader()
 	if l == nil {
@@ -443,23 +447,22 @@ func (h *hub) startAt(ctx context.Context, since uint64, epoch string) (start, e
 			return start{}, errStaleEpoch
 		}
 	}
+	target := head
 	if valid && since > head {
 		// Beyond what this hub has seen: ask the leader, which never lags.
-		h.u.m.logReads.WithLabelValues("leader").Inc()
-		last, found, err := l.Last(ctx, h.user, true)
-		if err == nil {
-			err = h.sameEpoch(ctx, cur)
-		}
+		last, found, err := h.leaderLast(ctx, l, cur)
 		if err != nil {
 			return start{}, err
 		}
 		valid = found && since <= last.Seq
 		if found {
+			target = last.Seq
 			h.sync(last.Seq, cur) // the hub is behind the leader: catch up now
 		}
 	}
 	if valid {
-		return start{helloEpoch: cur, helloCursor: since, cursor: since}, nil
+		resume.Epoch, resume.Cursor = cur, since
+		return start{hello: resume, cursor: since, target: target}, nil
 	}
 	h.u.m.logReads.WithLabelValues("init").Inc()
 	first, err := l.ReadAfter(ctx, h.user, 0, 1)
@@ -480,15 +483,105 @@ func (h *hub) startAt(ctx context.Context, since uint64, epoch string) (start, e
 		next = first[0].Seq
 	}
 	h.u.m.gaps.Inc()
-	helloEpoch := epoch
-	if helloEpoch == "" {
-		helloEpoch = cur
-	}
+	resume.Epoch, resume.Cursor = cmp.Or(epoch, cur), since
 	return start{
-		helloEpoch: helloEpoch, helloCursor: since,
+		hello: resume,
 		// Just before the oldest retained message, and not fresh: if that
 		// message is evicted before the first read, the session says so.
 		cursor: next - 1,
 		gap:    wire.Encode(wire.Gap{Type: wire.TypeGap, Epoch: cur, After: since, Next: next}),
+		target: head,
 	}, nil
+}
+
+// leaderLast reads the user's last message through the stream leader and
+// confirms it came from the stream of epoch.
+func (h *hub) leaderLast(ctx context.Context, l logReader, epoch string) (inbox.Message, bool, error) {
+	h.u.m.logReads.WithLabelValues("leader").Inc()
+	last, found, err := l.Last(ctx, h.user, true)
+	if err == nil {
+		err = h.sameEpoch(ctx, epoch)
+	}
+	return last, found, err
+}
+
+// startFresh starts a device without a cursor where its auth frame says:
+// the whole retained log, the last N messages, or what comes after now.
+// The choice is made once per device: the hello carries the cursor it
+// starts from.
+// Such a session is fresh: what retention dropped before it began is not
+// its gap, and neither is what it chose not to see.
+func (h *hub) startFresh(ctx context.Context, auth wire.ClientFrame) (start, error) {
+	h.mu.Lock()
+	head, want, cur := h.head, h.want, h.epoch
+	h.mu.Unlock()
+	st := start{hello: wire.Hello{Epoch: cur, Start: auth.Start}, fresh: true, target: head}
+	switch auth.Start {
+	case wire.StartLive:
+		// The leader's head, not only the hub's: a notification accepted
+		// before this socket started must not reach it as live because its
+		// doorbell is still on its way to this gateway.
+		l := h.u.reader()
+		if l == nil {
+			return start{}, errNotReady
+		}
+		last, _, err := h.leaderLast(ctx, l, cur)
+		if err != nil {
+			return start{}, err
+		}
+		st.cursor = max(head, want, last.Seq)
+		st.target = st.cursor
+		if last.Seq > head {
+			h.sync(last.Seq, cur)
+		}
+	case wire.StartLast:
+		after, err := h.beforeLast(ctx, head, auth.Last, cur)
+		if err != nil {
+			return start{}, err
+		}
+		st.cursor, st.hello.Last = after, auth.Last
+	}
+	// The hello gives the device the cursor it starts from, so a socket
+	// that ends before its first notification resumes there rather than
+	// choosing again: a live device would skip what came meanwhile.
+	st.hello.Cursor = st.cursor
+	return st, nil
+}
+
+// beforeLast returns the seq after which the last n messages of the user's
+// chain up to head lie, or 0 if the log holds n or fewer: it walks back
+// through each message's predecessor, in the hub's buffer while it can,
+// then in the log through the leader, one read per message. A message the
+// log no longer has means everything older is gone too (retention drops
+// the oldest first), so the log holds fewer than n.
+func (h *hub) beforeLast(ctx context.Context, head uint64, n int, epoch string) (uint64, error) {
+	at, left := head, n
+	h.mu.Lock()
+	for at != 0 && left > 0 {
+		i := sort.Search(len(h.buf), func(i int) bool { return h.buf[i].seq >= at })
+		if i == len(h.buf) || h.buf[i].seq != at {
+			break
+		}
+		at, left = h.buf[i].prev, left-1
+	}
+	h.mu.Unlock()
+	if at == 0 || left == 0 {
+		return at, nil
+	}
+	l := h.u.reader()
+	if l == nil {
+		return 0, errNotReady
+	}
+	for ; at != 0 && left > 0; left-- {
+		h.u.m.logReads.WithLabelValues("leader").Inc()
+		msgs, err := l.ReadAfterLeader(ctx, h.user, at-1, 1)
+		if err != nil {
+			return 0, err
+		}
+		if len(msgs) == 0 || msgs[0].Seq != at {
+			return 0, nil
+		}
+		at = msgs[0].Prev
+	}
+	return at, h.sameEpoch(ctx, epoch)
 }

@@ -33,6 +33,12 @@ type session struct {
 	lostAfter uint64
 	ended     bool
 
+	// target is the seq the session must reach to be caught up: the log's
+	// head when it started. caughtUp is set, by the writer only, once it
+	// has sent the caught_up frame.
+	target   uint64
+	caughtUp bool
+
 	expires time.Time // the token's exp: the socket closes with 4004 then
 
 	writing atomic.Int64 // unix nanos when the current write began; 0 between writes
@@ -43,7 +49,7 @@ type session struct {
 
 func newSession(h *hub, c conn, st start) *session {
 	return &session{h: h, c: c, wake: make(chan struct{}, 1), ctrl: make(chan []byte, 16), closed: make(chan struct{}),
-		cursor: st.cursor, fresh: st.fresh}
+		cursor: st.cursor, fresh: st.fresh, target: st.target}
 }
 
 func (s *session) poke() {
@@ -165,6 +171,9 @@ func (s *session) write(ctx context.Context) {
 		if n := b.notifications(); n > 0 {
 			u.m.deliveries.Add(float64(n))
 		}
+		if f := s.caughtUpFrame(); f != nil && !s.send(ctx, f) {
+			return
+		}
 		if len(b.frames) > 0 && err == nil {
 			continue
 		}
@@ -192,6 +201,24 @@ func (s *session) write(ctx context.Context) {
 			}
 		}
 	}
+}
+
+// caughtUpFrame returns the caught_up frame once the session's cursor has
+// reached its target, and nil before that and after it was sent. The frames
+// up to the cursor have been sent by then: only the writer moves the
+// cursor, as it takes a batch it then sends whole.
+func (s *session) caughtUpFrame() []byte {
+	if s.caughtUp {
+		return nil
+	}
+	s.h.mu.Lock()
+	cursor := s.cursor
+	s.h.mu.Unlock()
+	if cursor < s.target {
+		return nil
+	}
+	s.caughtUp = true
+	return wire.Encode(wire.CaughtUp{Type: wire.TypeCaughtUp, Cursor: cursor})
 }
 
 // send writes one frame. A write outliving WriteTimeout is noticed by the

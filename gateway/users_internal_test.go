@@ -165,7 +165,7 @@ func (tu *testUsers) session(t *testing.T, user string, since uint64, epoch stri
 	if err != nil {
 		t.Fatal(err)
 	}
-	st, err := h.startAt(context.Background(), since, epoch)
+	st, err := h.startAt(context.Background(), wire.ClientFrame{Type: wire.TypeAuth, Since: since, Epoch: epoch, Start: wire.StartAll})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -360,8 +360,8 @@ func TestVoidCursorHelloThenGap(t *testing.T) {
 		tu.flog.append(seq, `1`)
 	}
 	s, st := tu.session(t, "alice", 40, "old-epoch")
-	if st.helloEpoch != "old-epoch" || st.helloCursor != 40 {
-		t.Fatalf("hello says (%q, %d), want the client's own cursor (old-epoch, 40)", st.helloEpoch, st.helloCursor)
+	if st.hello.Epoch != "old-epoch" || st.hello.Cursor != 40 || st.hello.Start != wire.StartResume {
+		t.Fatalf("hello says (%q, %d, %q), want the client's own cursor (old-epoch, 40) resumed", st.hello.Epoch, st.hello.Cursor, st.hello.Start)
 	}
 	g, err := wire.DecodeServerFrame(st.gap)
 	if err != nil || g.Type != wire.TypeGap || g.Epoch != "e1" || g.After != 40 || g.Next != 10 {
@@ -540,4 +540,54 @@ func TestPanicInAHubsInitLeavesNothing(t *testing.T) {
 	}
 	tu.flog.panicLast = false
 	tu.session(t, "alice", 0, "") // the one place is free again
+}
+
+// TestLastStartWalksTheBufferThenTheLog: a start from the last N walks back
+// through the hub's buffer without reading the log, then through the log
+// for what lies before the buffer; the chain (prev), not seq arithmetic,
+// decides, and a predecessor the log no longer has means fewer than N are
+// kept.
+func TestLastStartWalksTheBufferThenTheLog(t *testing.T) {
+	tu := newTestUsers(t, Config{BufferSize: 100})
+	for seq := uint64(10); seq <= 30; seq += 2 { // 10, 12, ... 30: eleven, from before the hub
+		tu.flog.append(seq, `1`)
+	}
+	s, _ := tu.session(t, "alice", 0, "")
+	h := s.h
+	for seq := uint64(31); seq <= 40; seq++ { // ten more, through doorbells into the buffer
+		tu.flog.append(seq, `2`)
+		prev := seq - 1
+		if seq == 31 {
+			prev = 30
+		}
+		h.doorbell(doorbell(seq, prev, `2`), "")
+	}
+	if len(h.buf) != 10 || h.head != 40 {
+		t.Fatalf("buffer %d entries, head %d; want 10 and 40", len(h.buf), h.head)
+	}
+	for _, tc := range []struct {
+		n          int
+		want       uint64
+		wantsReads bool
+	}{
+		{1, 39, false}, {10, 30, false}, {11, 28, true}, {20, 10, true},
+		{21, 0, true}, // all that is kept: the first message has no predecessor
+		{500, 0, true},
+	} {
+		before := tu.flog.reads
+		got, err := h.beforeLast(context.Background(), h.head, tc.n, "e1")
+		if err != nil || got != tc.want {
+			t.Errorf("last %d: after %d (%v), want %d", tc.n, got, err, tc.want)
+		}
+		if read := tu.flog.reads > before; read != tc.wantsReads {
+			t.Errorf("last %d: read the log: %v, want %v", tc.n, read, tc.wantsReads)
+		}
+	}
+	tu.flog.evict(14) // 10, 12, 14 gone: 18 are kept
+	if got, _ := h.beforeLast(context.Background(), h.head, 18, "e1"); got != 14 {
+		t.Errorf("last 18 of 18 kept: after %d, want 14 (the oldest kept's predecessor)", got)
+	}
+	if got, _ := h.beforeLast(context.Background(), h.head, 19, "e1"); got != 0 {
+		t.Errorf("last 19 of 18 kept: after %d, want 0", got)
+	}
 }

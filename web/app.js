@@ -71,6 +71,7 @@ const state = {
   gen: 0, // bumped on every sign-in/out, so late answers of an old one are ignored
   status: null, // the last status event
   received: 0, // notifications shown since sign-in
+  live: false, // this socket has caught up: its notifications are live, not backlog
   apiKey: null, // a promise of the dev API key
 };
 
@@ -296,7 +297,10 @@ function resetDevice() {
 }
 
 function startClient(user, tokenProvider) {
-  const client = connect({ baseURL: BASE, tokenProvider, storageKey: `herald-cursor:${user}` });
+  // A new tab starts with the user's last 10 notifications, not the whole
+  // retained log; a reload resumes from its cursor.
+  const client = connect({ baseURL: BASE, tokenProvider, storageKey: `herald-cursor:${user}`, start: 'last', last: 10 });
+  state.live = false;
   state.client = client;
   // Listeners ignore a client that is no longer this tab's (signed out or
   // switched user): close() still reports 'stopped' afterwards.
@@ -313,6 +317,7 @@ function startClient(user, tokenProvider) {
   client.on('notification', mine(onNotification));
   client.on('gap', mine(onGap));
   client.on('broadcast', mine(onBroadcast));
+  client.on('caught_up', mine(onCaughtUp));
 }
 
 function showSigninError(msg) {
@@ -366,6 +371,7 @@ function onStatus(s, tokenProvider) {
       if (!prev || prev.state === 'stopped') logEvent('connecting: asking the dispatcher for this user\'s gateway', 'status');
       break;
     case 'connected': {
+      state.live = false; // until this socket's caught_up: its backlog comes first
       const seq = s.cursor ? s.cursor.seq : 0;
       logEvent(`connected to ${s.gateway} · cursor ${seq}`, 'ok');
       break;
@@ -444,10 +450,17 @@ function onNotification(n) {
     latency >= 0 && latency < 86400000
       ? el('span', { class: 'latency', title: 'from the POST to this tab' }, `+${fmtDuration(latency)}`)
       : null);
-  addItem(el('li', { class: 'item', dataset: { kind: 'notification', seq: n.seq, id: n.id || '' } }, head, dataEl(n.data)));
+  const backlog = !state.live;
+  addItem(el('li', { class: 'item', dataset: { kind: 'notification', seq: n.seq, id: n.id || '', backlog: String(backlog) } }, head, dataEl(n.data)));
   renderCursor();
   renderStats();
-  showToast(`Notification #${n.seq}`, summary(n.data));
+  // The backlog is shown quietly: a toast each would flood a new tab.
+  if (!backlog) showToast(`Notification #${n.seq}`, summary(n.data));
+}
+
+function onCaughtUp(c) {
+  state.live = true;
+  logEvent(`caught up at #${c.cursor}: what follows is live`, 'ok');
 }
 
 function onGap(g) {

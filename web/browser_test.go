@@ -340,6 +340,33 @@ func TestBrowser(t *testing.T) {
 		t.Fatalf("the ring marks alice on %q, her socket is on %q", owner, alice.text("#gateway"))
 	}
 
+	// A new tab of alice's starts with her last 10 notifications, shown
+	// quietly as backlog (no toast), then caught_up, then live ones.
+	for i := range 6 {
+		want = append(want, post(t, st, page, aliceUser, fmt.Sprintf("before the new tab #%d", i)))
+	}
+	alice.waitJS(20*time.Second, "the six", fmt.Sprintf(`document.querySelectorAll('#notifications li[data-kind="notification"]').length >= %d`, len(want)))
+	third := b.tab(page)
+	third.signIn(aliceUser)
+	third.waitJS(20*time.Second, "caught_up", `(window.heraldFrames || []).some(f => f.type === 'caught_up')`)
+	var types []string
+	third.eval(`window.heraldFrames.map(f => f.type)`, &types)
+	wantTypes := append(append([]string{"hello"}, slices.Repeat([]string{"notification"}, 10)...), "caught_up")
+	if !slices.Equal(types, wantTypes) {
+		t.Fatalf("a new tab's frames %v, want hello, the last 10 notifications, caught_up", types)
+	}
+	if got := third.seqs(); !slices.Equal(got, want[len(want)-10:]) {
+		t.Fatalf("a new tab shows %v, want alice's last 10 %v", got, want[len(want)-10:])
+	}
+	var quiet bool
+	third.eval(`[...document.querySelectorAll('#notifications li[data-kind="notification"]')].every(li => li.dataset.backlog === 'true') && !document.querySelector('#toast').classList.contains('show')`, &quiet)
+	if !quiet {
+		t.Fatal("the new tab's backlog is not marked backlog, or it raised a toast")
+	}
+	live := post(t, st, page, aliceUser, "after caught_up")
+	third.waitJS(20*time.Second, "the live one, with a toast", fmt.Sprintf(
+		`document.querySelector('#notifications li[data-seq="%d"]')?.dataset.backlog === 'false' && document.querySelector('#toast').classList.contains('show')`, live))
+
 	shot, err := chromedp.Run(alice.ctx, chromedp.FullScreenshot(100)) // 100 is PNG; less is JPEG
 	if err != nil {
 		t.Fatal(err)

@@ -24,6 +24,9 @@ const DEFAULTS = {
   moveWindow: 10000,
 };
 
+// maxLast bounds options.last, as gateways do (gateway/wire MaxLast).
+const maxLast = 1000;
+
 // connectTimeout bounds one POST /v1/connect: a dispatcher that never answers
 // must not hang the client (the Go client's HTTP timeout).
 const connectTimeout = 10000;
@@ -44,7 +47,7 @@ const CLOSE = {
   tooManySockets: 4009,
 };
 
-const EVENTS = ['notification', 'gap', 'broadcast', 'status'];
+const EVENTS = ['notification', 'gap', 'broadcast', 'caught_up', 'status'];
 
 /**
  * Connects to herald and keeps this tab's socket open until `close()`.
@@ -56,6 +59,12 @@ const EVENTS = ['notification', 'gap', 'broadcast', 'status'];
  *   token (JWT). Called before the first connect, after close 4004 and after a
  *   401 from /v1/connect. A rejection or empty token is retried with backoff.
  * @param {string} [options.baseURL=''] The dispatcher's base URL; '' is this origin.
+ * @param {'all'|'last'|'live'} [options.start='all'] Where a tab without a
+ *   cursor starts: the user's whole retained log, the last `last` messages of
+ *   it, or only what comes after it connects. Chosen once: the hello gives
+ *   the tab its cursor, and every reconnect (and reload) resumes from it.
+ * @param {number} [options.last] With start 'last' (or alone), how many
+ *   (1..1000).
  * @param {string} [options.storageKey='herald-cursor'] sessionStorage key of this
  *   tab's cursor {epoch, seq}, stored with its user; a token (JWT) for another
  *   user starts from a fresh cursor.
@@ -88,9 +97,12 @@ const EVENTS = ['notification', 'gap', 'broadcast', 'status'];
  *   readonly stats: object,
  *   onframe: ((frame: object) => void)|null,
  * }} The client. Events: 'notification' {seq, id, data, ts} (after dedupe),
- *   'gap' {epoch, after, next}, 'broadcast' {data, ts}, 'status' {state:
- *   'connecting'|'connected'|'reconnecting'|'stopped', gateway, url, attempt,
- *   code, reason, delay, cursor}. Set `onframe` to see every raw server frame.
+ *   'gap' {epoch, after, next}, 'broadcast' {data, ts}, 'caught_up' {cursor}
+ *   (once per socket: everything the log held when it opened has been
+ *   delivered, so what follows is live — show the backlog quietly), 'status'
+ *   {state: 'connecting'|'connected'|'reconnecting'|'stopped', gateway, url,
+ *   attempt, code, reason, delay, cursor; start, where a 'connected' socket
+ *   started: 'all', 'last', 'live' or 'resume'}. Set `onframe` to see every raw server frame.
  */
 export function connect(options = {}) {
   const o = { ...DEFAULTS };
@@ -102,6 +114,7 @@ export function connect(options = {}) {
   if (o.backoffMax < o.backoffBase) throw new TypeError('herald: backoffMax is below backoffBase');
   // 0 would ping in a tight loop and call every socket dead at once.
   if (o.pingInterval === 0) throw new TypeError('herald: pingInterval must be above 0');
+  o.start = startChoice(options.start, options.last);
 
   // Wrapped rather than stored bare: browsers throw "Illegal invocation"
   // when fetch or setTimeout is called with another `this`.
@@ -127,6 +140,7 @@ export function connect(options = {}) {
     notifications: 0, // handed to the app
     acks: 0,
     broadcasts: 0,
+    caughtUps: 0, // caught_up frames: one per socket that caught up
     pings: 0,
     pongs: 0,
     backoffs: 0,
@@ -440,6 +454,11 @@ export function connect(options = {}) {
         }
         if (cursor.seq > 0) auth.since = cursor.seq;
         if (cursor.epoch) auth.epoch = cursor.epoch;
+        else if (o.start !== 'all') {
+          // No cursor yet: this tab chooses where it starts, once.
+          auth.start = o.start;
+          if (o.start === 'last') auth.last = o.last;
+        }
         if (ring) auth.ring = ring;
         if (!send(ws, auth)) return s.finish(0, 'could not send auth', 0);
         pingTimer = later(ping, o.pingInterval);
@@ -476,7 +495,7 @@ export function connect(options = {}) {
         out.gateway = stats.gateway = f.gateway;
         out.hello = true;
         stats.connects++;
-        status('connected', { gateway: f.gateway, url: out.url });
+        status('connected', { gateway: f.gateway, url: out.url, start: f.start || '' });
         break;
       case 'notification':
         if (f.seq <= cursor.seq) {
@@ -499,6 +518,10 @@ export function connect(options = {}) {
       case 'broadcast':
         emit('broadcast', { data: f.data, ts: f.ts });
         stats.broadcasts++;
+        break;
+      case 'caught_up':
+        emit('caught_up', { cursor: f.cursor });
+        stats.caughtUps++;
         break;
       case 'moved':
         out.moved = f.url; // the 4001 close follows
@@ -640,11 +663,24 @@ function decodeFrame(data) {
     case 'moved':
       if (typeof f.url !== 'string' || !f.url) return 'moved without a url';
       break;
+    case 'caught_up':
+      if (f.cursor === undefined) f.cursor = 0;
+      if (!seqOK(f.cursor)) return 'caught_up with a bad cursor';
+      break;
     case undefined:
     case '':
       return 'frame without a type';
   }
   return f;
+}
+
+// startChoice checks options.start and options.last as a gateway would, and
+// returns the start spelled out ('last' alone means start 'last').
+function startChoice(start, last = 0) {
+  if (start === undefined) start = last === 0 ? 'all' : 'last';
+  if ((start === 'all' || start === 'live') && last === 0) return start;
+  if (start === 'last' && Number.isSafeInteger(last) && last >= 1 && last <= maxLast) return 'last';
+  throw new TypeError(`herald: start must be 'all', 'live' or 'last' with last 1..${maxLast}`);
 }
 
 // send writes a frame if the socket is open; false if it could not.

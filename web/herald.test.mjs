@@ -155,7 +155,7 @@ function start({ answer = () => route(), ...options } = {}) {
   });
   started.push(client);
   // Listeners added after connect() returned must still see everything.
-  for (const type of ['notification', 'gap', 'broadcast', 'status']) client.on(type, ev => events.push({ type, ...ev }));
+  for (const type of ['notification', 'gap', 'broadcast', 'caught_up', 'status']) client.on(type, ev => events.push({ type, ...ev }));
   client.onframe = f => frames.push(f);
   const h = {
     client,
@@ -176,12 +176,12 @@ function start({ answer = () => route(), ...options } = {}) {
     lastStatus: () => h.statuses().at(-1),
     seqs: () => h.of('notification').map(n => n.seq),
     // connected opens the newest socket and says hello.
-    async connected({ epoch = 'e1', cursor = 0, gateway = 'gw-1' } = {}) {
+    async connected({ epoch = 'e1', cursor = 0, gateway = 'gw-1', start = undefined } = {}) {
       await flush();
       const ws = h.sock;
       assert.ok(ws, 'no socket was opened');
       ws.open();
-      ws.recv({ type: 'hello', gateway, user: 'u1', epoch, cursor });
+      ws.recv({ type: 'hello', gateway, user: 'u1', epoch, cursor, start });
       await flush();
       return ws;
     },
@@ -239,6 +239,16 @@ test('connect() checks its options', () => {
   c.close(); // before it started: nothing is called, nothing is left
 });
 
+test('connect() checks start and last as a gateway does', () => {
+  const { FakeWebSocket } = makeWebSocket();
+  const base = { tokenProvider: () => 't', WebSocket: FakeWebSocket, fetch: async () => ({}), storage: null };
+  for (const bad of [{ start: 'newest' }, { start: 'last' }, { start: 'last', last: 0 }, { start: 'last', last: 1001 }, { start: 'live', last: 3 },
+    { start: 'all', last: 3 }, { last: -1 }, { last: 2.5 }, { start: 'resume' }]) {
+    assert.throws(() => connect({ ...base, ...bad }), /start must be/, JSON.stringify(bad));
+  }
+  for (const good of [{}, { start: 'all' }, { start: 'live' }, { start: 'last', last: 1 }, { last: 1000 }]) connect({ ...base, ...good }).close();
+});
+
 test('close() right after connect() stops before anything happens', async () => {
   const h = start();
   h.client.close();
@@ -247,6 +257,45 @@ test('close() right after connect() stops before anything happens', async () => 
   assert.equal(h.calls.length, 0);
   assert.deepEqual(h.statuses().map(s => s.state), ['stopped']);
   assert.equal(h.clock.pending, 0);
+});
+
+// ---- where a tab starts ----
+
+test('start: a tab without a cursor sends its choice once; the hello gives it a cursor, and reconnects resume from it', async () => {
+  for (const [options, sent, hello] of [
+    [{ start: 'last', last: 10 }, { start: 'last', last: 10 }, { cursor: 41, start: 'last' }],
+    [{ last: 5 }, { start: 'last', last: 5 }, { cursor: 46, start: 'last' }],
+    [{ start: 'live' }, { start: 'live' }, { cursor: 0, start: 'live' }],
+    [{ start: 'all' }, {}, { cursor: 0, start: 'all' }],
+  ]) {
+    const h = start(options);
+    await flush();
+    h.sock.open();
+    assert.deepEqual(h.sock.sent[0], { type: 'auth', token: 'tok-1', ring: 'ring-1', ...sent }, JSON.stringify(options));
+    h.sock.recv({ type: 'hello', gateway: 'gw-1', user: 'u1', epoch: 'e1', ...hello });
+    await flush();
+    assert.equal(h.lastStatus().start, hello.start);
+    await h.serverClose(1012);
+    await h.clock.advance(h.lastStatus().delay);
+    h.sock.open();
+    const resume = { type: 'auth', token: 'tok-1', epoch: 'e1', ring: 'ring-1' };
+    if (hello.cursor > 0) resume.since = hello.cursor;
+    assert.deepEqual(h.sock.sent[0], resume, 'the reconnect resumes rather than chooses again');
+    h.client.close();
+  }
+});
+
+test('caught_up: emitted once per socket with its cursor, counted; the notifications before it are the backlog', async () => {
+  const h = start({ start: 'last', last: 2 });
+  await h.connected({ cursor: 3, start: 'last' });
+  await h.send(note(4), note(5), { type: 'caught_up', cursor: 5 }, note(6));
+  assert.deepEqual(h.events.filter(e => e.type !== 'status').map(e => e.type === 'caught_up' ? `caught_up@${e.cursor}` : e.seq), [4, 5, 'caught_up@5', 6]);
+  assert.equal(h.client.stats.caughtUps, 1);
+  await h.send({ type: 'caught_up' }); // an empty log: cursor 0
+  assert.deepEqual(h.of('caught_up').at(-1), { type: 'caught_up', cursor: 0 });
+  await h.send({ type: 'caught_up', cursor: -1 }); // a gateway bug: dropped, resumed
+  assert.equal(h.client.stats.badFrames, 1);
+  h.client.close();
 });
 
 // ---- notifications, dedupe, acks ----

@@ -37,6 +37,13 @@ type Config struct {
 	// retained log.
 	Since uint64
 	Epoch string
+	// Start and Last choose where a device without a cursor (no Epoch)
+	// starts: wire.StartAll (the default), wire.StartLive (only what comes
+	// after it connects) or wire.StartLast with the last Last messages
+	// (1..wire.MaxLast). The choice is made once: the gateway's hello gives
+	// the client its cursor, and every reconnect resumes from it.
+	Start string
+	Last  int
 	// OnFrame, if set, is called with every frame exactly as received
 	// (before dedupe), with the ID of the gateway that sent it (from its
 	// hello, the hello included; "" for frames before it), so tests can
@@ -146,6 +153,11 @@ func New(cfg Config) (*Client, error) {
 			return nil, fmt.Errorf("client: Config.URL: %w", err)
 		}
 	}
+	start, err := wire.CheckStart(cfg.Start, cfg.Last)
+	if err != nil {
+		return nil, fmt.Errorf("client: Config.Start: %w", err)
+	}
+	cfg.Start = start
 	if len(cfg.Epoch) > wire.MaxEpochBytes {
 		return nil, fmt.Errorf("client: Config.Epoch over %d bytes", wire.MaxEpochBytes)
 	}

@@ -3,6 +3,7 @@ package client
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"slices"
@@ -31,6 +32,10 @@ func TestNewValidates(t *testing.T) {
 		{"negative duration", Config{Token: tok, URL: "ws://g/ws", PingInterval: -1}},
 		{"max below base", Config{Token: tok, URL: "ws://g/ws", BackoffBase: time.Second, BackoffMax: time.Millisecond}},
 		{"epoch too long", Config{Token: tok, URL: "ws://g/ws", Epoch: string(make([]byte, wire.MaxEpochBytes+1))}},
+		{"unknown start", Config{Token: tok, URL: "ws://g/ws", Start: "newest"}},
+		{"last without a count", Config{Token: tok, URL: "ws://g/ws", Start: wire.StartLast}},
+		{"last over the cap", Config{Token: tok, URL: "ws://g/ws", Last: wire.MaxLast + 1}},
+		{"live with a count", Config{Token: tok, URL: "ws://g/ws", Start: wire.StartLive, Last: 3}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if _, err := New(tc.cfg); err == nil {
@@ -296,6 +301,50 @@ func TestGapNewEpochAndResume(t *testing.T) {
 	}
 	if st := h.c.Stats(); st.DroppedDuplicates != 1 || st.Gaps != 1 {
 		t.Errorf("stats %+v, want 1 duplicate (seq 2 replayed), 1 gap", st)
+	}
+}
+
+// TestStartChosenOnce: a client without a cursor sends its start in the
+// first auth only; the hello's cursor is where it resumes from, and
+// caught_up reaches OnEvent in its place among the notifications.
+func TestStartChosenOnce(t *testing.T) {
+	gw := newGateway(t, "gw-a", func(s *socket) {
+		switch s.n {
+		case 0:
+			s.send(wire.Hello{Type: wire.TypeHello, Gateway: s.gw.id, User: testUser, Epoch: "e1", Cursor: 7, Start: wire.StartLast, Last: 2})
+			s.notify(8, 9)
+			s.send(wire.CaughtUp{Type: wire.TypeCaughtUp, Cursor: 9})
+			s.close(wire.CloseServiceRestart)
+		default:
+			s.send(wire.Hello{Type: wire.TypeHello, Gateway: s.gw.id, User: testUser, Epoch: s.auth.Epoch, Cursor: s.auth.Since, Start: wire.StartResume})
+			s.send(wire.CaughtUp{Type: wire.TypeCaughtUp, Cursor: s.auth.Since})
+			s.notify(10)
+		}
+	})
+	d := newDispatcher(t, routeTo(gw))
+	h := start(t, Config{Dispatcher: d.url, Last: 2}, nil)
+	waitFor(t, waitLong, "three notifications", func() bool { return len(h.rec.seqs()) == 3 })
+	first, second := gw.socket(0).auth, gw.socket(1).auth
+	if first.Start != wire.StartLast || first.Last != 2 || first.Since != 0 || first.Epoch != "" {
+		t.Errorf("first auth %+v, want start last 2 without a cursor", first)
+	}
+	if second.Start != wire.StartAll || second.Last != 0 || second.Since != 9 || second.Epoch != "e1" {
+		t.Errorf("second auth %+v, want a resume after 9 in e1 without a start", second)
+	}
+	var order []string
+	for _, ev := range h.rec.all() {
+		switch ev.Kind {
+		case EventNotification:
+			order = append(order, fmt.Sprint(ev.Frame.Seq))
+		case EventCaughtUp:
+			order = append(order, fmt.Sprint("caught_up@", ev.Frame.Cursor))
+		}
+	}
+	if want := []string{"8", "9", "caught_up@9", "caught_up@9", "10"}; !slices.Equal(order, want) {
+		t.Errorf("events %v, want %v", order, want)
+	}
+	if st := h.c.Stats(); st.CaughtUps != 2 {
+		t.Errorf("%d caught_ups counted, want 2", st.CaughtUps)
 	}
 }
 

@@ -23,6 +23,10 @@ const (
 	EventBroadcast
 	// EventStatus reports a connection coming up or going down.
 	EventStatus
+	// EventCaughtUp says the socket has delivered everything the user's
+	// log held when it started (Frame.Cursor is the cursor then): what
+	// follows is live. Once per socket, so once per reconnect too.
+	EventCaughtUp
 )
 
 func (k EventKind) String() string {
@@ -35,12 +39,14 @@ func (k EventKind) String() string {
 		return "broadcast"
 	case EventStatus:
 		return "status"
+	case EventCaughtUp:
+		return "caught_up"
 	}
 	return "unknown"
 }
 
-// Event is what OnEvent receives. Frame is set for notifications, gaps and
-// broadcasts; Status for status changes.
+// Event is what OnEvent receives. Frame is set for notifications, gaps,
+// broadcasts and caught_up; Status for status changes.
 type Event struct {
 	Kind   EventKind
 	Frame  wire.ServerFrame
@@ -97,6 +103,7 @@ type Stats struct {
 	DroppedDuplicates uint64 // notifications at or below the cursor
 	Gaps              uint64
 	Broadcasts        uint64
+	CaughtUps         uint64 // caught_up frames: one per socket that caught up
 	Acks              uint64
 	Pings             uint64
 	Pongs             uint64

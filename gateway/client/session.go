@@ -67,6 +67,9 @@ func (c *Client) session(ctx context.Context, url, ring, token string, attempt i
 
 	auth := wire.ClientFrame{Type: wire.TypeAuth, Token: token, Ring: ring}
 	auth.Epoch, auth.Since = c.Cursor()
+	if auth.Epoch == "" { // no cursor yet: the device chooses where it starts
+		auth.Start, auth.Last = c.cfg.Start, c.cfg.Last
+	}
 	if err := c.write(live, conn, auth); err != nil {
 		out.err = fmt.Errorf("sending auth: %w", err)
 		return out
@@ -182,6 +185,9 @@ func (c *Client) handle(live context.Context, conn *websocket.Conn, f wire.Serve
 		c.count(func(st *Stats) { st.Broadcasts++ })
 	case wire.TypeMoved:
 		out.moved = f.URL // the 4001 close follows
+	case wire.TypeCaughtUp:
+		c.emit(Event{Kind: EventCaughtUp, Frame: f})
+		c.count(func(st *Stats) { st.CaughtUps++ })
 	case wire.TypePong:
 		c.count(func(st *Stats) { st.Pongs++ })
 	}

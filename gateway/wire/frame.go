@@ -22,7 +22,22 @@ const (
 	TypeBroadcast    = "broadcast"
 	TypeMoved        = "moved"
 	TypePong         = "pong"
+	TypeCaughtUp     = "caught_up"
 )
+
+// Where a device with no cursor starts (the auth frame's start). A device
+// with a cursor (since > 0) resumes after it whatever it asks, and its hello
+// says StartResume.
+const (
+	StartAll    = "all"  // the whole retained log, as if new (the default)
+	StartLast   = "last" // the last Last messages of the retained log
+	StartLive   = "live" // only what is appended after the socket starts
+	StartResume = "resume"
+)
+
+// MaxLast bounds the auth frame's last: the gateway walks back that many
+// messages of the chain, one read each.
+const MaxLast = 1000
 
 // ClientFrame is a frame a client sends: auth, ack or ping. Fields that do
 // not belong to the type are zero.
@@ -33,6 +48,11 @@ type ClientFrame struct {
 	Since uint64 `json:"since,omitempty"`
 	Epoch string `json:"epoch,omitempty"`
 	Ring  string `json:"ring,omitempty"`
+	// Start and Last choose where a device without a cursor starts:
+	// StartAll (or empty), StartLive, or StartLast with Last messages
+	// (1..MaxLast). Last alone means StartLast.
+	Start string `json:"start,omitempty"`
+	Last  int    `json:"last,omitempty"`
 	// ack
 	Seq uint64 `json:"seq,omitempty"`
 }
@@ -56,12 +76,15 @@ func DecodeClientFrame(b []byte) (ClientFrame, error) {
 		case len(f.Ring) > MaxRingBytes:
 			return ClientFrame{}, fmt.Errorf("ring over %d bytes", MaxRingBytes)
 		}
+		if err := f.checkStart(); err != nil {
+			return ClientFrame{}, err
+		}
 		f.Seq = 0
 	case TypeAck:
 		if f.Seq == 0 {
 			return ClientFrame{}, errors.New("ack frame without a seq")
 		}
-		f.Token, f.Since, f.Epoch, f.Ring = "", 0, "", ""
+		f.Token, f.Since, f.Epoch, f.Ring, f.Start, f.Last = "", 0, "", "", "", 0
 	case TypePing:
 		f = ClientFrame{Type: TypePing}
 	case "":
@@ -70,6 +93,41 @@ func DecodeClientFrame(b []byte) (ClientFrame, error) {
 		return ClientFrame{}, fmt.Errorf("%w %q", ErrUnknownType, f.Type)
 	}
 	return f, nil
+}
+
+// checkStart checks an auth frame's start and last, and spells the choice
+// out: Start is StartAll, StartLive or StartLast afterwards.
+func (f *ClientFrame) checkStart() error {
+	start, err := CheckStart(f.Start, f.Last)
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrBadStart, err)
+	}
+	f.Start = start
+	return nil
+}
+
+// ErrBadStart marks an auth frame whose start or last is out of shape. The
+// gateway closes such a socket with 1008 (not 4003: the token may be fine).
+var ErrBadStart = errors.New("auth frame with a bad start")
+
+// CheckStart checks where a device asks to start and returns the choice
+// spelled out: "" is StartAll, and last alone is StartLast.
+func CheckStart(start string, last int) (string, error) {
+	switch {
+	case (start == "" || start == StartAll) && last == 0:
+		return StartAll, nil
+	case start == StartLive && last == 0:
+		return StartLive, nil
+	case start == "" || start == StartLast:
+		if last < 1 || last > MaxLast {
+			return "", fmt.Errorf("start %q needs last in 1..%d, not %d", StartLast, MaxLast, last)
+		}
+		return StartLast, nil
+	case start == StartAll || start == StartLive:
+		return "", fmt.Errorf("last %d with start %q: last goes with start %q only", last, start, StartLast)
+	default:
+		return "", fmt.Errorf("start %q: want %q, %q or %q", start, StartAll, StartLast, StartLive)
+	}
 }
 
 // decodeOne decodes exactly one JSON object into v.
@@ -97,8 +155,26 @@ type Hello struct {
 	Gateway string `json:"gateway"`
 	User    string `json:"user"`
 	Epoch   string `json:"epoch"`
-	// Cursor is the seq the socket resumes after: the client's since, or 0
-	// when it starts over (a gap frame follows then if it lost anything).
+	// Cursor is the seq the socket resumes after: the client's since (a gap
+	// frame follows then if it lost anything), or for a device without a
+	// cursor where its start put it (0 for StartAll), which the device
+	// keeps as its cursor so that a reconnect resumes rather than chooses
+	// again.
+	Cursor uint64 `json:"cursor"`
+	// Start echoes where the socket starts: StartResume for a client that
+	// sent a cursor, else its choice (StartAll, StartLast with Last, or
+	// StartLive).
+	Start string `json:"start"`
+	Last  int    `json:"last,omitempty"`
+}
+
+// CaughtUp says the socket has been sent everything its user's log held
+// when the socket started, so what follows is live: an app can show the
+// backlog before it quietly and the rest as it comes. Sent once per socket,
+// after the hello (and gap) and the backlog's frames; Cursor is the
+// socket's cursor then.
+type CaughtUp struct {
+	Type   string `json:"type"`
 	Cursor uint64 `json:"cursor"`
 }
 
@@ -243,6 +319,8 @@ type ServerFrame struct {
 	After   uint64          `json:"after,omitempty"`
 	Next    uint64          `json:"next,omitempty"`
 	URL     string          `json:"url,omitempty"`
+	Start   string          `json:"start,omitempty"`
+	Last    int             `json:"last,omitempty"`
 }
 
 // ErrUnknownType marks a well-formed frame whose type this version does not
@@ -274,7 +352,7 @@ func DecodeServerFrame(b []byte) (ServerFrame, error) {
 		if f.URL == "" {
 			return ServerFrame{}, errors.New("moved frame without a URL")
 		}
-	case TypeBroadcast, TypePong:
+	case TypeBroadcast, TypePong, TypeCaughtUp:
 	case "":
 		return ServerFrame{}, errors.New("frame without a type")
 	default:

@@ -14,8 +14,13 @@ func TestDecodeClientFrame(t *testing.T) {
 		in   string
 		want ClientFrame
 	}{
-		{`{"type":"auth","token":"t","since":5,"epoch":"e","ring":"r"}`, ClientFrame{Type: TypeAuth, Token: "t", Since: 5, Epoch: "e", Ring: "r"}},
-		{`{"type":"auth","token":"t"}`, ClientFrame{Type: TypeAuth, Token: "t"}},
+		{`{"type":"auth","token":"t","since":5,"epoch":"e","ring":"r"}`, ClientFrame{Type: TypeAuth, Token: "t", Since: 5, Epoch: "e", Ring: "r", Start: StartAll}},
+		{`{"type":"auth","token":"t"}`, ClientFrame{Type: TypeAuth, Token: "t", Start: StartAll}},
+		{`{"type":"auth","token":"t","start":"all"}`, ClientFrame{Type: TypeAuth, Token: "t", Start: StartAll}},
+		{`{"type":"auth","token":"t","start":"live"}`, ClientFrame{Type: TypeAuth, Token: "t", Start: StartLive}},
+		{`{"type":"auth","token":"t","start":"last","last":10}`, ClientFrame{Type: TypeAuth, Token: "t", Start: StartLast, Last: 10}},
+		{`{"type":"auth","token":"t","last":1000}`, ClientFrame{Type: TypeAuth, Token: "t", Start: StartLast, Last: MaxLast}},
+		{`{"type":"ack","seq":7,"start":"live","last":3}`, ClientFrame{Type: TypeAck, Seq: 7}},
 		{` {"type":"ack","seq":7,"token":"ignored"} `, ClientFrame{Type: TypeAck, Seq: 7}},
 		{`{"type":"ping","extra":{"a":1}}`, ClientFrame{Type: TypePing}},
 	} {
@@ -30,6 +35,11 @@ func TestDecodeClientFrame(t *testing.T) {
 		`{"type":"auth","token":"t","since":-1}`, `{"type":"auth","token":"t","since":1.5}`,
 		`{"type":"auth","token":"` + strings.Repeat("x", MaxTokenBytes+1) + `"}`,
 		`{"type":"auth","token":"t","epoch":"` + strings.Repeat("e", MaxEpochBytes+1) + `"}`,
+		`{"type":"auth","token":"t","start":"last"}`, `{"type":"auth","token":"t","start":"last","last":0}`,
+		`{"type":"auth","token":"t","start":"last","last":1001}`, `{"type":"auth","token":"t","last":-1}`,
+		`{"type":"auth","token":"t","start":"live","last":5}`, `{"type":"auth","token":"t","start":"all","last":5}`,
+		`{"type":"auth","token":"t","start":"new"}`, `{"type":"auth","token":"t","start":"LIVE"}`, `{"type":"auth","token":"t","start":1}`,
+		`{"type":"auth","token":"t","start":"resume"}`, `{"type":"auth","token":"t","last":"5"}`,
 		`{"type":"ack"}`, `{"type":"ack","seq":0}`, `{"type":"ack","seq":"1"}`,
 		`{"type":"ping"}{"type":"ping"}`, `{"type":"ping"}]`, `{"type":"ping"}}`, `{"type":"ping"} 1`, `{"type":"ping"`, "{\"type\":\"ping\"}\x00",
 	} {
@@ -45,8 +55,12 @@ func TestServerFramesRoundTrip(t *testing.T) {
 		b    []byte
 		want ServerFrame
 	}{
-		{Encode(Hello{Type: TypeHello, Gateway: "gw-1", User: "alice", Epoch: "e1", Cursor: 9}),
-			ServerFrame{Type: TypeHello, Gateway: "gw-1", User: "alice", Epoch: "e1", Cursor: 9}},
+		{Encode(Hello{Type: TypeHello, Gateway: "gw-1", User: "alice", Epoch: "e1", Cursor: 9, Start: StartResume}),
+			ServerFrame{Type: TypeHello, Gateway: "gw-1", User: "alice", Epoch: "e1", Cursor: 9, Start: StartResume}},
+		{Encode(Hello{Type: TypeHello, Gateway: "gw-1", User: "alice", Epoch: "e1", Start: StartLast, Last: 10}),
+			ServerFrame{Type: TypeHello, Gateway: "gw-1", User: "alice", Epoch: "e1", Start: StartLast, Last: 10}},
+		{Encode(CaughtUp{Type: TypeCaughtUp, Cursor: 41}), ServerFrame{Type: TypeCaughtUp, Cursor: 41}},
+		{Encode(CaughtUp{Type: TypeCaughtUp}), ServerFrame{Type: TypeCaughtUp}},
 		{must(EncodeNotification(12, "n-1", []byte(`{"x":1}`), ts)),
 			ServerFrame{Type: TypeNotification, Seq: 12, ID: "n-1", Data: json.RawMessage(`{"x":1}`), TS: "2026-11-26T12:00:00.123456789Z"}},
 		{Encode(Gap{Type: TypeGap, Epoch: "e2", After: 40, Next: 3}),
@@ -60,7 +74,8 @@ func TestServerFramesRoundTrip(t *testing.T) {
 		}
 		if got.Type != tc.want.Type || got.Seq != tc.want.Seq || got.ID != tc.want.ID || !bytes.Equal(got.Data, tc.want.Data) ||
 			got.TS != tc.want.TS || got.After != tc.want.After || got.Next != tc.want.Next || got.URL != tc.want.URL ||
-			got.Gateway != tc.want.Gateway || got.User != tc.want.User || got.Epoch != tc.want.Epoch || got.Cursor != tc.want.Cursor {
+			got.Gateway != tc.want.Gateway || got.User != tc.want.User || got.Epoch != tc.want.Epoch || got.Cursor != tc.want.Cursor ||
+			got.Start != tc.want.Start || got.Last != tc.want.Last {
 			t.Errorf("DecodeServerFrame(%s) = %+v, want %+v", tc.b, got, tc.want)
 		}
 	}
@@ -224,7 +239,8 @@ func TestDecodeDoorbellRejects(t *testing.T) {
 }
 
 func FuzzDecodeClientFrame(f *testing.F) {
-	for _, s := range []string{`{"type":"auth","token":"t","since":5,"epoch":"e","ring":"r"}`, `{"type":"ack","seq":1}`, `{"type":"ping"}`, `{`, `[]`} {
+	for _, s := range []string{`{"type":"auth","token":"t","since":5,"epoch":"e","ring":"r"}`, `{"type":"ack","seq":1}`, `{"type":"ping"}`, `{`, `[]`,
+		`{"type":"auth","token":"t","start":"last","last":10}`, `{"type":"auth","token":"t","start":"live"}`} {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
@@ -237,6 +253,12 @@ func FuzzDecodeClientFrame(f *testing.F) {
 		case TypeAuth:
 			if fr.Token == "" || len(fr.Token) > MaxTokenBytes {
 				t.Fatalf("accepted auth %+v", fr)
+			}
+			switch {
+			case fr.Start == StartLast && fr.Last >= 1 && fr.Last <= MaxLast:
+			case (fr.Start == StartAll || fr.Start == StartLive) && fr.Last == 0:
+			default:
+				t.Fatalf("accepted auth with start %q last %d", fr.Start, fr.Last)
 			}
 		case TypeAck:
 			if fr.Seq == 0 {
