@@ -14,8 +14,8 @@ import (
 )
 
 // route is one path of the API and its handlers by method. Paths match
-// exactly: the API has no path parameters, and exact matching keeps the
-// route label of the metrics bounded.
+// exactly, but for usersRoute, whose one parameter is the user: the route
+// label of the metrics stays bounded.
 type route struct {
 	path    string
 	methods map[string]http.Handler
@@ -46,6 +46,8 @@ func (d *Dispatcher) routes() http.Handler {
 		cluster = d.requireKey(cluster)
 	}
 	rt.handle("GET", "/v1/cluster", cluster)
+	rt.handle("GET", usersRoute, d.requireAPIKey(http.HandlerFunc(d.handleHistory)))
+	rt.handle("DELETE", usersRoute, d.requireAPIKey(http.HandlerFunc(d.handleErase)))
 	// Load balancers probe these on the API's port; the admin listener
 	// serves them too, with /metrics, which the public port does not.
 	rt.handle("GET", "/healthz", http.HandlerFunc(d.handleHealthz))
@@ -131,6 +133,21 @@ func (rt *router) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	defer d.recoverRequest(rec, req)
 
 	r := rt.routes[req.URL.Path]
+	if r != nil && r.path == usersRoute {
+		r = nil // the pattern itself is a path like any other: "{user}" is a user ID
+	}
+	if r == nil {
+		user, ok, err := userFromPath(req.URL.EscapedPath())
+		if err != nil {
+			label = usersRoute
+			d.writeError(rec, req, err)
+			return
+		}
+		if ok {
+			r = rt.routes[usersRoute]
+			req.SetPathValue("user", user)
+		}
+	}
 	if r == nil {
 		d.writeError(rec, req, errorf(CodeNotFound, "no route %s", req.URL.Path))
 		return

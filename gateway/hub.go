@@ -64,6 +64,8 @@ type hub struct {
 	repairing bool
 	acked     uint64 // highest seq any socket acknowledged
 	waiters   []waiter
+	erasedTo  uint64 // the user's log was erased through this seq
+	checking  bool   // a check of an emptied log runs (checkEmptied)
 }
 
 // init learns the user's head from the log, in the epoch the gateway knows.
@@ -168,6 +170,8 @@ func (h *hub) doorbellLocked(d wire.Doorbell) {
 		return
 	}
 	switch {
+	case d.Erased:
+		h.eraseLocked(d.Seq)
 	case d.Seq <= h.head:
 		m.doorbellOld.Inc()
 	case d.HasContent && d.Prev <= h.head:
@@ -326,8 +330,63 @@ func (h *hub) sync(logHead uint64, epoch string) {
 		h.startRepair()
 	case logHead < h.head:
 		// The log went backwards: recreated, or it lost its tail (the
-		// dispatchers record a new epoch then).
+		// dispatchers record a new epoch then), or the user's messages
+		// are all gone (an erasure whose doorbell was lost, or retention).
 		h.u.epochChanged()
+		h.checkEmptied(epoch)
+	}
+}
+
+// checkEmptied asks the stream leader whether the user's log is empty (a
+// replica may lag), and if it is, drops what the hub holds as an erasure
+// would. A log that still has messages below the head lost its tail: the
+// epoch check deals with that. h.mu is held.
+func (h *hub) checkEmptied(epoch string) {
+	l := h.u.reader()
+	if h.checking || l == nil {
+		return
+	}
+	h.checking = h.u.tasks.goNamed("repair", func() {
+		defer h.u.tasks.recover("hub", nil)
+		_, found, err := h.leaderLast(h.u.ctx, l, epoch)
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		h.checking = false
+		if err == nil && !found && !h.closed {
+			h.eraseLocked(h.head)
+		}
+	})
+}
+
+// eraseLocked drops what the hub holds of the user's log through seq,
+// which is gone from the log, and moves every session whose cursor is not
+// past it to it, after a gap frame. A message appended after the
+// erasure names no predecessor (prev 0) and follows it without a gap.
+// h.mu is held.
+func (h *hub) eraseLocked(through uint64) {
+	if through <= h.erasedTo {
+		return // old news: a doorbell rung twice, or late
+	}
+	h.erasedTo = through
+	i := sort.Search(len(h.buf), func(i int) bool { return h.buf[i].seq > through })
+	if i > 0 {
+		h.buf = append(h.buf[:0:0], h.buf[i:]...)
+		h.bufBytes = 0
+		for _, e := range h.buf {
+			h.bufBytes += len(e.frame)
+		}
+	}
+	h.base, h.head = max(h.base, through), max(h.head, through)
+	// Every session at or below it, even one that had it all, so that each
+	// device learns of the erasure and starts afresh (an app drops what it
+	// shows of the user's notifications on a gap).
+	for s := range h.sessions {
+		if s.cursor <= through {
+			h.u.m.gaps.Inc()
+			s.erased = &wire.Gap{Type: wire.TypeGap, Epoch: h.epoch, After: s.cursor, Next: through + 1}
+			s.cursor, s.lostAfter, s.fresh = through, 0, false
+			s.poke()
+		}
 	}
 }
 

@@ -32,6 +32,7 @@ type session struct {
 	fresh     bool
 	lostAfter uint64
 	ended     bool
+	erased    *wire.Gap // set by an erasure: the gap frame to send next
 
 	// target is the seq the session must reach to be caught up: the log's
 	// head when it started. caughtUp is set, by the writer only, once it
@@ -311,6 +312,9 @@ func (s *session) step(b *batch, seq, prev uint64, frame []byte, live int64) {
 // buffered ones, or a batch read from the log if the session is behind the
 // buffer.
 func (s *session) next(ctx context.Context) (batch, error) {
+	if b, ok := s.fromErasure(); ok {
+		return b, nil
+	}
 	if b, ok := s.fromBuffer(); ok {
 		return b, nil
 	}
@@ -342,6 +346,19 @@ func (s *session) next(ctx context.Context) (batch, error) {
 		return batch{}, err
 	}
 	return s.fromLog(msgs), nil
+}
+
+// fromErasure takes the gap frame an erasure left for the session, if any.
+func (s *session) fromErasure() (batch, bool) {
+	s.h.mu.Lock()
+	defer s.h.mu.Unlock()
+	if s.erased == nil {
+		return batch{}, false
+	}
+	var b batch
+	b.gap, s.erased = s.erased, nil
+	b.flushGap()
+	return b, true
 }
 
 // fromBuffer takes the buffered entries after the cursor; false if the
@@ -420,6 +437,8 @@ func (s *session) gapBefore(seq, prev uint64) (after uint64, gap bool) {
 		after = lost
 	case fresh, prev == s.cursor:
 		return 0, false
+	case prev == 0 && s.cursor == s.h.erasedTo:
+		return 0, false // the first message after an erasure the session was told of
 	}
 	if seq == after+1 {
 		return 0, false

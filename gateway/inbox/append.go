@@ -78,6 +78,7 @@ func (l *Log) Append(ctx context.Context, user, id string, data []byte) (Appende
 	defer l.locks.unlock(user, ul)
 
 	subject := l.subject(user)
+	msgID := MsgID(user, id)
 	head, headKnown := l.heads.get(user)
 	var (
 		uncertain bool // an earlier attempt may have been stored
@@ -109,7 +110,7 @@ func (l *Log) Append(ctx context.Context, user, id string, data []byte) (Appende
 		}
 		ts := time.Now()
 		m := nats.NewMsg(subject)
-		m.Header.Set(jetstream.MsgIDHeader, MsgID(user, id))
+		m.Header.Set(jetstream.MsgIDHeader, msgID)
 		m.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(head, 10))
 		m.Header.Set(wire.HeaderID, id)
 		m.Header.Set(wire.HeaderTS, wire.FormatTS(ts))
@@ -139,6 +140,26 @@ func (l *Log) Append(ctx context.Context, user, id string, data []byte) (Appende
 					l.recordLoss(ctx, st, st.epoch, fmt.Sprintf("a new message got seq %d, at or below seq %d, which it acknowledged", ack.Sequence, high))
 				}
 				st.note(ack.Sequence)
+			}
+			if ack.Duplicate && !uncertain {
+				// The original may have been erased (or dropped by
+				// retention) inside the duplicate window: then the id is
+				// stored anew, under an id of its own that names the
+				// original's seq, so that retries of it dedupe in turn.
+				gone, gerr := l.gone(ctx, user, ack.Sequence)
+				if gerr != nil {
+					lastErr = gerr
+					if !l.backoff(ctx, try) {
+						break
+					}
+					continue
+				}
+				if gone {
+					l.heads.forget(user)
+					headKnown = false
+					msgID += "~" + strconv.FormatUint(ack.Sequence, 10)
+					continue
+				}
 			}
 			if ack.Duplicate {
 				l.heads.forget(user) // the original need not be the head

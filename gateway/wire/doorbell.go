@@ -15,6 +15,7 @@ const (
 	HeaderSeq   = "Herald-Seq"   // doorbells: the message's seq in the log
 	HeaderUser  = "Herald-User"  // doorbells: UserKey of the user
 	HeaderEpoch = "Herald-Epoch" // doorbells: the log's epoch as the dispatcher knows it
+	HeaderErase = "Herald-Erase" // doorbells: "1" when the user's log was erased through Seq
 )
 
 // Doorbell tells the gateway that owns User that the user's log has a new
@@ -27,6 +28,11 @@ type Doorbell struct {
 	User  string
 	Seq   uint64
 	Epoch string
+
+	// Erased says the user's log was erased through Seq (DELETE
+	// /v1/users/{user}/notifications): the gateway drops what it holds of
+	// it and tells the user's sockets. Such a doorbell has no content.
+	Erased bool
 
 	HasContent bool
 	Prev       uint64
@@ -56,6 +62,10 @@ func (d Doorbell) Header() Header {
 		HeaderSeq:   {strconv.FormatUint(d.Seq, 10)},
 		HeaderEpoch: {d.Epoch},
 	}
+	if d.Erased {
+		h[HeaderErase] = []string{"1"}
+		return h
+	}
 	if d.HasContent {
 		h[HeaderPrev] = []string{strconv.FormatUint(d.Prev, 10)}
 		h[HeaderID] = []string{d.ID}
@@ -66,7 +76,7 @@ func (d Doorbell) Header() Header {
 
 // Body is the doorbell message's body: the data when it carries content.
 func (d Doorbell) Body() []byte {
-	if d.HasContent {
+	if d.HasContent && !d.Erased {
 		return d.Data
 	}
 	return nil
@@ -86,6 +96,14 @@ func DecodeDoorbell(h Header, body []byte) (Doorbell, error) {
 		return Doorbell{}, fmt.Errorf("doorbell: bad seq %q", get(h, HeaderSeq))
 	}
 	d := Doorbell{User: user, Seq: seq, Epoch: get(h, HeaderEpoch)}
+	switch get(h, HeaderErase) {
+	case "":
+	case "1":
+		d.Erased = true
+		return d, nil
+	default:
+		return Doorbell{}, fmt.Errorf("doorbell: bad %s %q", HeaderErase, get(h, HeaderErase))
+	}
 	prev := get(h, HeaderPrev)
 	if prev == "" {
 		return d, nil

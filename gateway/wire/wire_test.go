@@ -198,13 +198,14 @@ func TestDoorbellRoundTrip(t *testing.T) {
 	for _, d := range []Doorbell{
 		{User: "alice", Seq: 10, Epoch: "e", HasContent: true, Prev: 7, ID: "n1", TS: ts, Data: []byte(`{"a":[1,2]}`)},
 		{User: "bob.x", Seq: 3, Epoch: "e"},
+		{User: "carol", Seq: 44, Epoch: "e", Erased: true},
 	} {
 		got, err := DecodeDoorbell(d.Header(), d.Body())
 		if err != nil {
 			t.Fatalf("DecodeDoorbell: %v", err)
 		}
 		if got.User != d.User || got.Seq != d.Seq || got.Epoch != d.Epoch || got.HasContent != d.HasContent ||
-			got.Prev != d.Prev || got.ID != d.ID || !got.TS.Equal(d.TS) || !bytes.Equal(got.Data, d.Data) {
+			got.Prev != d.Prev || got.ID != d.ID || !got.TS.Equal(d.TS) || !bytes.Equal(got.Data, d.Data) || got.Erased != d.Erased {
 			t.Errorf("round trip: got %+v, want %+v", got, d)
 		}
 	}
@@ -229,6 +230,7 @@ func TestDecodeDoorbellRejects(t *testing.T) {
 		"not UTF-8":   func(m *msg) { m.data = []byte("\"\xff\"") },
 		"two values":  func(m *msg) { m.data = []byte("1 2") },
 		"padded data": func(m *msg) { m.data = []byte(" 1") },
+		"bad erase":   func(m *msg) { m.h[HeaderErase] = []string{"yes"} },
 	} {
 		m := &msg{good.Header(), good.Body()}
 		edit(m)
