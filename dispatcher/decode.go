@@ -25,6 +25,9 @@ import (
 // notification is a validated notify request.
 type notification struct {
 	User string
+	// Users, when set instead of User, are the users a fan-out notifies,
+	// each once, in the order given.
+	Users []string
 	// ID is the caller's idempotency key, or empty when it sent none (notify
 	// makes one then).
 	ID   string
@@ -32,10 +35,14 @@ type notification struct {
 }
 
 type notifyRequest struct {
-	User *string         `json:"user"`
-	Data json.RawMessage `json:"data"`
-	ID   *string         `json:"id"`
+	User  *string         `json:"user"`
+	Users *[]string       `json:"users"`
+	Data  json.RawMessage `json:"data"`
+	ID    *string         `json:"id"`
 }
+
+// MaxFanout bounds the users of one fan-out ("users" in POST /v1/notify).
+const MaxFanout = 1000
 
 // decodeNotify decodes and validates one notification: a notify body or one
 // item of a batch. data may be any JSON value except null, at most
@@ -46,11 +53,20 @@ func decodeNotify(b []byte, maxPayload int) (notification, *Error) {
 	if err := decodeStrict(b, &req); err != nil {
 		return notification{}, err
 	}
-	user, err := checkUser(req.User)
-	if err != nil {
-		return notification{}, err
+	var n notification
+	if req.Users != nil {
+		users, err := checkUsers(req.User, *req.Users)
+		if err != nil {
+			return notification{}, err
+		}
+		n.Users = users
+	} else {
+		user, err := checkUser(req.User)
+		if err != nil {
+			return notification{}, err
+		}
+		n.User = user
 	}
-	n := notification{User: user}
 	if req.ID != nil {
 		if err := wire.ValidateID(*req.ID); err != nil {
 			return notification{User: n.User}, errorf(CodeInvalidID, "%v", err)
@@ -126,6 +142,31 @@ func decodeDevToken(b []byte) (string, *Error) {
 	return checkUser(req.User)
 }
 
+// checkUsers checks a fan-out's users: 1..MaxFanout valid IDs, each once
+// (a user named twice would get the notification twice, or with one id
+// only once: either way not what the caller meant), and no user field.
+func checkUsers(user *string, users []string) ([]string, *Error) {
+	switch {
+	case user != nil:
+		return nil, errorf(CodeInvalidUser, "user and users together: send one of them")
+	case len(users) == 0:
+		return nil, errorf(CodeInvalidUser, "users is empty: name 1..%d users", MaxFanout)
+	case len(users) > MaxFanout:
+		return nil, errorf(CodeBatchTooLarge, "%d users in one fan-out, at most %d", len(users), MaxFanout)
+	}
+	seen := make(map[string]bool, len(users))
+	for i, u := range users {
+		if err := wire.ValidateUser(u); err != nil {
+			return nil, errorf(CodeInvalidUser, "users[%d]: %v", i, err)
+		}
+		if seen[u] {
+			return nil, errorf(CodeInvalidUser, "users[%d]: %q is named twice", i, u)
+		}
+		seen[u] = true
+	}
+	return users, nil
+}
+
 // checkUser checks a request's user field, which is required.
 func checkUser(user *string) (string, *Error) {
 	if user == nil {
@@ -139,7 +180,7 @@ func checkUser(user *string) (string, *Error) {
 
 // fieldCodes names the error of a field whose JSON has the wrong type, so
 // {"user": 5} is an invalid user rather than a generic JSON error.
-var fieldCodes = map[string]Code{"user": CodeInvalidUser, "id": CodeInvalidID}
+var fieldCodes = map[string]Code{"user": CodeInvalidUser, "users": CodeInvalidUser, "id": CodeInvalidID}
 
 // decodeStrict decodes exactly one JSON object into v, refusing unknown
 // fields and anything after the object.
@@ -211,6 +252,10 @@ func checkKeys(b []byte, v any) *Error {
 // an oversized body is refused before it is all read, yet every valid one
 // fits.
 const maxBodyOverhead = 16 << 10
+
+// maxFanoutOverhead is what a fan-out's users may add to a notify body:
+// each ID escaped at up to 6 bytes a byte, quoted, with a comma.
+const maxFanoutOverhead = MaxFanout * (6*wire.MaxUserBytes + 3)
 
 // readJSONBody checks the Content-Type and reads the body, at most limit
 // bytes.

@@ -37,6 +37,9 @@ const batchConcurrency = 16
 // handleNotify serves POST /v1/notify.
 func (d *Dispatcher) handleNotify(w http.ResponseWriter, r *http.Request) {
 	res, err := d.serveNotify(w, r)
+	if err == errAnswered {
+		return // a fan-out, counted per user; or refused by the rate limit
+	}
 	d.count(res, err)
 	if err != nil {
 		d.writeError(w, r, err)
@@ -50,7 +53,7 @@ func (d *Dispatcher) serveNotify(w http.ResponseWriter, r *http.Request) (notify
 	if err != nil {
 		return notifyResult{}, err
 	}
-	body, err := readJSONBody(w, r, int64(d.cfg.MaxPayload+maxBodyOverhead))
+	body, err := readJSONBody(w, r, int64(d.cfg.MaxPayload+maxBodyOverhead+maxFanoutOverhead))
 	if err != nil {
 		return notifyResult{}, err
 	}
@@ -58,7 +61,68 @@ func (d *Dispatcher) serveNotify(w http.ResponseWriter, r *http.Request) (notify
 	if err != nil {
 		return notifyResult{}, err
 	}
+	if n.Users != nil {
+		return notifyResult{}, d.fanout(w, r, n, wait)
+	}
+	if len(body) > d.cfg.MaxPayload+maxBodyOverhead {
+		return notifyResult{}, errorf(CodePayloadTooLarge, "the body is %d bytes, at most %d", len(body), d.cfg.MaxPayload+maxBodyOverhead)
+	}
 	return d.notify(r.Context(), n, wait)
+}
+
+// errAnswered is fanout's way of saying it has written the answer itself.
+var errAnswered = &Error{Code: "answered"}
+
+// fanoutResult is one user's line in a fan-out's answer: the notifyResult
+// or the error, with the user.
+type fanoutResult struct {
+	User string `json:"user"`
+	*notifyResult
+	Error *errorDetail `json:"error,omitempty"`
+}
+
+// fanout appends one notification to each of n.Users' logs and answers
+// 202 with a result per user, in the order given: the same data and id
+// for each (the id is scoped to the user, so a retry of the whole fan-out
+// with it stores nothing twice). Each user is appended to once, so each
+// user's order is that of the requests; users go in parallel,
+// batchConcurrency at a time. Like a batch, it is charged one token of the
+// API key's rate per user, and waits for no delivery.
+func (d *Dispatcher) fanout(w http.ResponseWriter, r *http.Request, n notification, wait time.Duration) *Error {
+	if wait > 0 {
+		return errorf(CodeInvalidParameter, "wait=delivered waits for one user: not with users")
+	}
+	key := keyOf(r)
+	if !d.allow(w, r, key, min(len(n.Users), key.limiter.Burst())-1) {
+		return errAnswered
+	}
+	if n.ID == "" {
+		n.ID = crand.Text() // one id for every user, so Append's retries are safe
+	}
+	results := make([]fanoutResult, len(n.Users))
+	var g errgroup.Group
+	g.SetLimit(batchConcurrency)
+	for i, u := range n.Users {
+		g.Go(func() error {
+			one := notification{User: u, ID: n.ID, Data: n.Data}
+			res, err := d.notify(r.Context(), one, 0)
+			d.count(res, err)
+			results[i].User = u
+			if err != nil {
+				body := err.body().Error
+				results[i].Error = &body
+			} else {
+				results[i].notifyResult = &res
+			}
+			return nil
+		})
+	}
+	g.Wait()
+	writeJSON(w, http.StatusAccepted, struct {
+		ID      string         `json:"id"`
+		Results []fanoutResult `json:"results"`
+	}{n.ID, results})
+	return errAnswered
 }
 
 // parseWait reads ?wait=delivered&timeout=: zero means do not wait. A
@@ -186,6 +250,9 @@ func (d *Dispatcher) notifyBatch(ctx context.Context, items []json.RawMessage) [
 	var users []string
 	for i, raw := range items {
 		n, err := decodeNotify(raw, d.cfg.MaxPayload)
+		if err == nil && n.Users != nil {
+			err = errorf(CodeInvalidUser, "users (a fan-out) is for POST /v1/notify, not a batch item")
+		}
 		if err != nil && n.User == "" {
 			d.count(notifyResult{}, err)
 			results[i] = err.body()
