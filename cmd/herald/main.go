@@ -37,7 +37,9 @@ var commands = []command{
 	{"healthcheck", "GET a URL; exit 0 on a 2xx, 1 otherwise (container health checks)", runHealthcheck},
 	{"listen", "connect as a user and print what arrives", runListen},
 	{"nats", "run an embedded NATS server with JetStream (local use)", runNATS},
+	{"notify", "send a notification to a user or a list of users, retried as the API allows", runNotify},
 	{"ring", "show the ring the dispatchers and gateways build from Consul", runRing},
+	{"token", "print a user token signed with the token secrets", runToken},
 	{"stream", "show the log's stream, or change its settings (replicas, retention)", runStream},
 	{"version", "print the version", func(context.Context, []string) error { fmt.Println("herald", version); return nil }},
 }
