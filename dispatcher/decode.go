@@ -9,7 +9,9 @@ import (
 	"mime"
 	"net/http"
 	"reflect"
+	"strconv"
 	"strings"
+	"time"
 	"unicode/utf8"
 
 	"github.com/heraldpush/herald/gateway/wire"
@@ -32,14 +34,24 @@ type notification struct {
 	// makes one then).
 	ID   string
 	Data json.RawMessage
+	// TTL, if set, is how long the notification may be delivered or
+	// replayed; Collapse is its collapse key ("": none).
+	TTL      time.Duration
+	Collapse string
 }
 
 type notifyRequest struct {
-	User  *string         `json:"user"`
-	Users *[]string       `json:"users"`
-	Data  json.RawMessage `json:"data"`
-	ID    *string         `json:"id"`
+	User     *string         `json:"user"`
+	Users    *[]string       `json:"users"`
+	Data     json.RawMessage `json:"data"`
+	ID       *string         `json:"id"`
+	TTL      json.RawMessage `json:"ttl"`
+	Collapse *string         `json:"collapse"`
 }
+
+// MaxTTL bounds a notification's ttl: longer than the log keeps anything
+// by default (7 days) is pointless, and a year is plainly a mistake.
+const MaxTTL = 30 * 24 * time.Hour
 
 // MaxFanout bounds the users of one fan-out ("users" in POST /v1/notify).
 const MaxFanout = 1000
@@ -72,6 +84,19 @@ func decodeNotify(b []byte, maxPayload int) (notification, *Error) {
 			return notification{User: n.User}, errorf(CodeInvalidID, "%v", err)
 		}
 		n.ID = *req.ID
+	}
+	if req.TTL != nil {
+		secs, perr := strconv.ParseInt(string(req.TTL), 10, 64) // not "5", 5.0 or 5e0: whole seconds
+		if perr != nil || secs < 1 || time.Duration(secs)*time.Second > MaxTTL {
+			return notification{User: n.User}, errorf(CodeInvalidTTL, "ttl %s: want whole seconds, 1..%d", req.TTL, int64(MaxTTL/time.Second))
+		}
+		n.TTL = time.Duration(secs) * time.Second
+	}
+	if req.Collapse != nil {
+		if err := wire.ValidateCollapse(*req.Collapse); err != nil {
+			return notification{User: n.User}, errorf(CodeInvalidCollapse, "%v", err)
+		}
+		n.Collapse = *req.Collapse
 	}
 	data, err := checkData(req.Data, maxPayload)
 	if err != nil {
@@ -180,7 +205,7 @@ func checkUser(user *string) (string, *Error) {
 
 // fieldCodes names the error of a field whose JSON has the wrong type, so
 // {"user": 5} is an invalid user rather than a generic JSON error.
-var fieldCodes = map[string]Code{"user": CodeInvalidUser, "users": CodeInvalidUser, "id": CodeInvalidID}
+var fieldCodes = map[string]Code{"user": CodeInvalidUser, "users": CodeInvalidUser, "id": CodeInvalidID, "ttl": CodeInvalidTTL, "collapse": CodeInvalidCollapse}
 
 // decodeStrict decodes exactly one JSON object into v, refusing unknown
 // fields and anything after the object.

@@ -20,6 +20,8 @@ const (
 	CodeInvalidID        Code = "invalid_id"             // 400: wire.ValidateID refused the idempotency key
 	CodeInvalidData      Code = "invalid_data"           // 400: data missing, null or not UTF-8
 	CodeInvalidParameter Code = "invalid_parameter"      // 400: a bad query parameter (wait, timeout)
+	CodeInvalidTTL       Code = "invalid_ttl"            // 400: ttl is not a whole number of seconds in 1..MaxTTL
+	CodeInvalidCollapse  Code = "invalid_collapse"       // 400: wire.ValidateCollapse refused the collapse key
 	CodeUnauthorized     Code = "unauthorized"           // 401: missing or wrong API key or user token
 	CodeNotFound         Code = "not_found"              // 404: no such route
 	CodeMethodNotAllowed Code = "method_not_allowed"     // 405: the route exists; the Allow header lists its methods
@@ -36,7 +38,7 @@ const (
 // httpStatus is the one place codes become HTTP statuses.
 func httpStatus(c Code) int {
 	switch c {
-	case CodeInvalidJSON, CodeInvalidUser, CodeInvalidID, CodeInvalidData, CodeInvalidParameter:
+	case CodeInvalidJSON, CodeInvalidUser, CodeInvalidID, CodeInvalidData, CodeInvalidParameter, CodeInvalidTTL, CodeInvalidCollapse:
 		return http.StatusBadRequest
 	case CodeUnauthorized:
 		return http.StatusUnauthorized

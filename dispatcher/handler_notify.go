@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"time"
 
+	"github.com/heraldpush/herald/gateway/inbox"
 	"github.com/heraldpush/herald/gateway/wire"
 	"golang.org/x/sync/errgroup"
 )
@@ -104,7 +105,8 @@ func (d *Dispatcher) fanout(w http.ResponseWriter, r *http.Request, n notificati
 	g.SetLimit(batchConcurrency)
 	for i, u := range n.Users {
 		g.Go(func() error {
-			one := notification{User: u, ID: n.ID, Data: n.Data}
+			one := n
+			one.User, one.Users = u, nil
 			res, err := d.notify(r.Context(), one, 0)
 			d.count(res, err)
 			results[i].User = u
@@ -162,7 +164,12 @@ func (d *Dispatcher) notify(ctx context.Context, n notification, wait time.Durat
 		// outcome land on the same message.
 		n.ID = crand.Text()
 	}
-	a, err := l.Append(context.WithoutCancel(ctx), n.User, n.ID, n.Data)
+	var lim inbox.Limits
+	if n.TTL > 0 {
+		lim.Expires = time.Now().Add(n.TTL)
+	}
+	lim.Collapse = n.Collapse
+	a, err := l.AppendWith(context.WithoutCancel(ctx), n.User, n.ID, n.Data, lim)
 	if err != nil {
 		return notifyResult{}, appendError(err, n.ID)
 	}
@@ -173,6 +180,7 @@ func (d *Dispatcher) notify(ctx context.Context, n notification, wait time.Durat
 	// messages.
 	if a.PrevKnown {
 		db.HasContent, db.Prev, db.ID, db.TS, db.Data = true, a.Prev, n.ID, a.TS, n.Data
+		db.Expires, db.Collapse = lim.Expires, lim.Collapse
 	}
 	rg := d.ringOwner(ctx, db, wait)
 	res := notifyResult{ID: n.ID, Seq: a.Seq, Gateway: rg.gateway, Status: StatusRouted, Duplicate: a.Duplicate, Delivery: rg.delivery}

@@ -6,6 +6,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/heraldpush/herald/gateway/inbox"
 	"github.com/heraldpush/herald/gateway/wire"
@@ -101,7 +102,9 @@ func (d *Dispatcher) handleHistory(w http.ResponseWriter, r *http.Request) {
 // historyItems turns a page of the log into frames, by the chain rules a
 // gateway applies for a socket resuming after after: a message whose
 // predecessor is not the one before it follows a gap (unless no seq lies
-// between), and a message that cannot be put in a frame is a gap over it.
+// between), a message that cannot be put in a frame is a gap over it, and
+// one whose ttl has passed, or that a newer one on the page with its
+// collapse key replaces, is left out.
 // It returns the frames and the seq the next page continues after.
 func historyItems(epoch string, after uint64, msgs []inbox.Message) ([][]byte, uint64) {
 	var items [][]byte
@@ -118,10 +121,21 @@ func historyItems(epoch string, after uint64, msgs []inbox.Message) ([][]byte, u
 			gap = nil
 		}
 	}
+	newest := map[string]uint64{}
+	for _, m := range msgs {
+		if m.Collapse != "" {
+			newest[m.Collapse] = m.Seq
+		}
+	}
+	now := time.Now()
 	cursor := after
 	for _, m := range msgs {
 		if m.Prev != cursor && m.Seq != cursor+1 {
 			addGap(cursor, m.Seq)
+		}
+		if (!m.Expires.IsZero() && now.After(m.Expires)) || (m.Collapse != "" && newest[m.Collapse] > m.Seq) {
+			cursor = m.Seq // expired, or replaced by a newer one on this page: as a socket would, skipped without a gap
+			continue
 		}
 		frame, err := wire.EncodeNotification(m.Seq, m.ID, m.Data, m.TS)
 		if err != nil {

@@ -103,7 +103,12 @@ type notifyResult struct {
 }
 
 func (d *disp) notify(user, id, data, query string) (notifyResult, error) {
-	body, _ := json.Marshal(map[string]any{"user": user, "id": id, "data": json.RawMessage(data)})
+	return d.notifyBody(map[string]any{"user": user, "id": id, "data": json.RawMessage(data)}, query)
+}
+
+// notifyBody posts any notify body.
+func (d *disp) notifyBody(fields map[string]any, query string) (notifyResult, error) {
+	body, _ := json.Marshal(fields)
 	req, _ := http.NewRequest(http.MethodPost, d.url+"/v1/notify"+query, bytes.NewReader(body))
 	req.Header.Set("Authorization", "Bearer "+apiKey)
 	req.Header.Set("Content-Type", "application/json")

@@ -18,7 +18,18 @@ type entry struct {
 	seq, prev uint64 // prev: the message's Herald-Prev
 	ts        time.Time
 	frame     []byte
+	expires   time.Time // zero: never
+	collapse  string    // "": none
 }
+
+// entryOf is the entry of a message read from the log.
+func (h *hub) entryOf(m inbox.Message) entry {
+	return entry{seq: m.Seq, prev: m.Prev, ts: m.TS, frame: h.u.frame(h.epoch, h.user, m), expires: m.Expires, collapse: m.Collapse}
+}
+
+// maxCollapseKeys bounds the collapse keys a hub remembers; beyond them,
+// collapsing is left to what one batch shows.
+const maxCollapseKeys = 4096
 
 // waiter is a dispatcher waiting (wait=delivered) for a socket to ack seq.
 type waiter struct {
@@ -66,6 +77,30 @@ type hub struct {
 	waiters   []waiter
 	erasedTo  uint64 // the user's log was erased through this seq
 	checking  bool   // a check of an emptied log runs (checkEmptied)
+	// newest is the highest seq the hub knows of each collapse key, so a
+	// session skips a message a newer one with its key replaces.
+	newest map[string]uint64
+}
+
+// noteCollapse records that the message at seq has collapse key key. h.mu
+// is held.
+func (h *hub) noteCollapse(key string, seq uint64) {
+	if key == "" {
+		return
+	}
+	if h.newest == nil {
+		h.newest = map[string]uint64{}
+	}
+	if _, ok := h.newest[key]; ok || len(h.newest) < maxCollapseKeys {
+		h.newest[key] = max(h.newest[key], seq)
+	}
+}
+
+// skips reports whether a session skips e: it has expired, or a newer
+// message with its collapse key is known. A skipped message moves the
+// cursor like a sent one and leaves no gap. h.mu is held.
+func (h *hub) skips(e entry, now time.Time) bool {
+	return (!e.expires.IsZero() && now.After(e.expires)) || (e.collapse != "" && h.newest[e.collapse] > e.seq)
 }
 
 // init learns the user's head from the log, in the epoch the gateway knows.
@@ -176,8 +211,7 @@ func (h *hub) doorbellLocked(d wire.Doorbell) {
 		m.doorbellOld.Inc()
 	case d.HasContent && d.Prev <= h.head:
 		m.doorbellNext.Inc()
-		h.push(entry{seq: d.Seq, prev: d.Prev, ts: d.TS,
-			frame: h.u.frame(h.epoch, h.user, inbox.Message{Seq: d.Seq, Prev: d.Prev, ID: d.ID, TS: d.TS, Data: d.Data})})
+		h.push(h.entryOf(inbox.Message{Seq: d.Seq, Prev: d.Prev, ID: d.ID, TS: d.TS, Data: d.Data, Expires: d.Expires, Collapse: d.Collapse}))
 	default:
 		m.doorbellRepair.Inc()
 		h.want = max(h.want, d.Seq)
@@ -191,6 +225,7 @@ func (h *hub) doorbellLocked(d wire.Doorbell) {
 // the newest), so trimming costs one copy per many messages, not one each.
 // h.mu is held.
 func (h *hub) push(e entry) {
+	h.noteCollapse(e.collapse, e.seq)
 	h.buf = append(h.buf, e)
 	h.bufBytes += len(e.frame)
 	if n, max := h.u.cfg.BufferSize, h.u.cfg.BufferBytes; len(h.buf) > 2*n || h.bufBytes > max {
@@ -294,7 +329,7 @@ func (h *hub) take(msgs []inbox.Message) {
 	defer h.mu.Unlock()
 	for _, m := range msgs {
 		if m.Seq > h.head && !h.closed {
-			h.push(entry{seq: m.Seq, prev: m.Prev, ts: m.TS, frame: h.u.frame(h.epoch, h.user, m)})
+			h.push(h.entryOf(m))
 		}
 	}
 }

@@ -14,6 +14,7 @@ type metrics struct {
 	replayed   prometheus.Counter
 	logReads   *prometheus.CounterVec
 	gaps       prometheus.Counter
+	skipped    prometheus.Counter
 	// Doorbells by outcome, resolved once: a doorbell is the hot path.
 	doorbellNext, doorbellOld, doorbellRepair, doorbellOffline, doorbellBad prometheus.Counter
 	antiEntropyPasses                                                       *prometheus.CounterVec
@@ -40,6 +41,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		replayed:           f.counter("herald_replayed_total", "Notifications sessions read from the log to catch up."),
 		logReads:           f.counterVec("herald_log_reads_total", "Log read requests, by reason.", "reason"),
 		gaps:               f.counter("herald_gaps_total", "Gap frames sent: retention dropped messages a socket had not received."),
+		skipped:            f.counter("herald_skipped_total", "Notifications a socket was not sent: expired (ttl), or replaced by a newer one with their collapse key."),
 		antiEntropyPasses:  f.counterVec("herald_anti_entropy_passes_total", "Anti-entropy passes, by trigger.", "trigger"),
 		antiEntropyRepairs: f.counter("herald_anti_entropy_repairs_total", "Hubs anti-entropy found behind the log: lost doorbells repaired."),
 		slowConsumers:      f.counter("herald_slow_consumer_closes_total", "Sockets closed with 4008 because a write timed out."),

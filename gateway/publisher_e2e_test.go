@@ -35,11 +35,11 @@ func TestPublisherClientEndToEnd(t *testing.T) {
 	if err != nil || !again.Duplicate || again.Seq != one.Seq {
 		t.Fatalf("Notify with the same id = %+v, %v; want a duplicate", again, err)
 	}
-	waited, err := pub.NotifyAndWait(ctx, pubclient.Notification{User: "alice", Data: 2}, 5*time.Second)
+	waited, err := pub.NotifyAndWait(ctx, pubclient.Notification{User: "alice", Data: 2, TTL: 60, Collapse: "k"}, 5*time.Second)
 	if err != nil || waited.Delivery != wire.Delivered {
 		t.Fatalf("NotifyAndWait = %+v, %v; want delivered", waited, err)
 	}
-	many, err := pub.NotifyMany(ctx, []string{"alice", "bob"}, "", json.RawMessage(`{"to":"both"}`))
+	many, err := pub.NotifyMany(ctx, []string{"alice", "bob"}, pubclient.Notification{Data: json.RawMessage(`{"to":"both"}`)})
 	if err != nil || len(many) != 2 || many[0].User != "alice" || many[1].User != "bob" || many[0].Err != nil || many[0].ID != many[1].ID {
 		t.Fatalf("NotifyMany = %+v, %v", many, err)
 	}

@@ -175,7 +175,7 @@ func (s *session) write(ctx context.Context) {
 		if f := s.caughtUpFrame(); f != nil && !s.send(ctx, f) {
 			return
 		}
-		if len(b.frames) > 0 && err == nil {
+		if (len(b.frames) > 0 || b.moved) && err == nil {
 			continue
 		}
 		select {
@@ -254,6 +254,7 @@ type batch struct {
 	frames [][]byte
 	live   []int64
 	gap    *wire.Gap
+	moved  bool // the cursor moved past messages that sent nothing (skipped)
 }
 
 func (b *batch) addGap(epoch string, after, next uint64) {
@@ -287,24 +288,29 @@ func (b *batch) notifications() int {
 
 // step adds one message of the chain to the batch and moves the cursor past
 // it: its frame, after a gap if it does not follow the cursor; a hole (nil
-// frame: a message that cannot be sent) becomes a gap that ends past it.
-// h.mu is held.
-func (s *session) step(b *batch, seq, prev uint64, frame []byte, live int64) {
-	if after, gap := s.gapBefore(seq, prev); gap {
+// frame: a message that cannot be sent) becomes a gap that ends past it; a
+// message the hub skips (expired, or collapsed into a newer one) sends
+// nothing and leaves no gap. h.mu is held.
+func (s *session) step(b *batch, e entry, live int64, now time.Time) {
+	seq := e.seq
+	if after, gap := s.gapBefore(seq, e.prev); gap {
 		s.h.u.m.gaps.Inc()
 		b.addGap(s.h.epoch, after, seq)
 	}
-	if frame == nil {
+	switch {
+	case s.h.skips(e, now):
+		s.h.u.m.skipped.Inc()
+		b.moved = true
+	case e.frame == nil:
 		if b.gap == nil {
 			s.h.u.m.gaps.Inc()
 			b.addGap(s.h.epoch, s.cursor, seq+1)
 		} else {
 			b.gap.Next = seq + 1
 		}
-		s.cursor = seq
-		return
+	default:
+		b.add(e.frame, live)
 	}
-	b.add(frame, live)
 	s.cursor = seq
 }
 
@@ -372,8 +378,9 @@ func (s *session) fromBuffer() (batch, bool) {
 		return batch{}, false
 	}
 	var b batch
+	now := time.Now()
 	for _, e := range entries {
-		s.step(&b, e.seq, e.prev, e.frame, e.ts.UnixNano())
+		s.step(&b, e, e.ts.UnixNano(), now)
 	}
 	b.flushGap()
 	return b, true
@@ -388,9 +395,10 @@ func (s *session) fromLog(msgs []inbox.Message) batch {
 	if len(msgs) == 0 {
 		// Nothing between the cursor and the buffer survives (or a replica
 		// lags): continue from the buffer, whose first entry shows the gap.
+		now := time.Now()
 		for _, e := range h.buf {
 			if e.seq > s.cursor {
-				s.step(&b, e.seq, e.prev, e.frame, e.ts.UnixNano())
+				s.step(&b, e, e.ts.UnixNano(), now)
 			}
 		}
 		if len(b.frames) == 0 && b.gap == nil && h.base > s.cursor {
@@ -406,10 +414,14 @@ func (s *session) fromLog(msgs []inbox.Message) batch {
 		return b
 	}
 	for _, m := range msgs {
+		h.noteCollapse(m.Collapse, m.Seq) // a newer one in this batch replaces an older one before it
+	}
+	now := time.Now()
+	for _, m := range msgs {
 		if m.Seq <= s.cursor {
 			continue // the cursor moved on while the log was read
 		}
-		s.step(&b, m.Seq, m.Prev, h.u.frame(h.epoch, h.user, m), 0)
+		s.step(&b, h.entryOf(m), 0, now)
 	}
 	b.flushGap()
 	u := h.u

@@ -591,3 +591,35 @@ func TestLastStartWalksTheBufferThenTheLog(t *testing.T) {
 		t.Errorf("last 19 of 18 kept: after %d, want 0", got)
 	}
 }
+
+// TestSkippedBatchesDoNotStallTheWriter: a log read whose every message is
+// skipped (expired) sends nothing but moves the cursor, and the next read
+// goes on from there, without a gap, until the message after them.
+func TestSkippedBatchesDoNotStallTheWriter(t *testing.T) {
+	tu := newTestUsers(t, Config{ReadBatch: 10})
+	past := time.Now().Add(-time.Minute)
+	tu.flog.mu.Lock()
+	for seq := uint64(1); seq <= 25; seq++ {
+		tu.flog.msgs = append(tu.flog.msgs, inbox.Message{Seq: seq, Prev: seq - 1, ID: fmt.Sprint("n", seq), TS: past, Data: []byte(`1`), Expires: past})
+	}
+	tu.flog.mu.Unlock()
+	tu.flog.append(26, `"alive"`)
+	s, _ := tu.session(t, "alice", 0, "")
+	var got []wire.ServerFrame
+	for range 5 {
+		b, err := s.next(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(b.frames) == 0 && !b.moved {
+			break
+		}
+		for _, f := range b.frames {
+			sf, _ := wire.DecodeServerFrame(f)
+			got = append(got, sf)
+		}
+	}
+	if len(got) != 1 || got[0].Seq != 26 || s.cursor != 26 {
+		t.Fatalf("frames %s, cursor %d; want only 26, past 25 expired ones without a gap", describe(got), s.cursor)
+	}
+}

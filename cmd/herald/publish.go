@@ -26,6 +26,8 @@ func runNotify(ctx context.Context, args []string) error {
 	data := fs.String("data", "", `the notification's data: any JSON value except null, e.g. '{"text":"hi"}' (required)`)
 	id := fs.String("id", "", "idempotency id (default: a random one, printed in the answer)")
 	wait := fs.Duration("wait", 0, "wait up to this long for a socket of the user to acknowledge it (one user only)")
+	ttl := fs.Duration("ttl", 0, "neither deliver nor replay it after this long (whole seconds; 0: as long as the log keeps it)")
+	collapse := fs.String("collapse", "", "collapse key: a device that has not yet received an older notification with this key gets only the newest")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -36,6 +38,8 @@ func runNotify(ctx context.Context, args []string) error {
 		return errors.New("give --user or --users")
 	case *wait > 0 && *users != "":
 		return errors.New("--wait waits for one user: not with --users")
+	case *ttl < 0 || *ttl%time.Second != 0:
+		return errors.New("--ttl must be whole seconds, e.g. 30s or 10m")
 	}
 	urls := splitList(*dispatchers)
 	if len(urls) == 0 {
@@ -54,15 +58,15 @@ func runNotify(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	raw := json.RawMessage(*data)
+	n := client.Notification{User: *user, ID: *id, Data: json.RawMessage(*data), TTL: int(*ttl / time.Second), Collapse: *collapse}
 	var out any
 	switch {
 	case *users != "":
-		out, err = c.NotifyMany(ctx, splitList(*users), *id, raw)
+		out, err = c.NotifyMany(ctx, splitList(*users), n)
 	case *wait > 0:
-		out, err = c.NotifyAndWait(ctx, client.Notification{User: *user, ID: *id, Data: raw}, *wait)
+		out, err = c.NotifyAndWait(ctx, n, *wait)
 	default:
-		out, err = c.Notify(ctx, client.Notification{User: *user, ID: *id, Data: raw})
+		out, err = c.Notify(ctx, n)
 	}
 	if err != nil {
 		return err

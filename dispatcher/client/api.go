@@ -12,11 +12,16 @@ import (
 
 // Notification is one notification for one user. Data is any value that
 // encodes as JSON (a json.RawMessage goes as it is); ID, if empty, is made
-// by the client, so that retries are safe.
+// by the client, so that retries are safe. TTL, in seconds, if set, is how
+// long it may be delivered or replayed; Collapse, if set, is its collapse
+// key: a device that has not yet received an older notification with the
+// same key gets only the newest.
 type Notification struct {
-	User string `json:"user"`
-	ID   string `json:"id"`
-	Data any    `json:"data"`
+	User     string `json:"user"`
+	ID       string `json:"id"`
+	Data     any    `json:"data"`
+	TTL      int    `json:"ttl,omitempty"`
+	Collapse string `json:"collapse,omitempty"`
 }
 
 // Result is the dispatcher's answer to an accepted notification.
@@ -63,13 +68,13 @@ type UserResult struct {
 	Err *Error
 }
 
-// NotifyMany stores the same notification (one id) in each user's log: up
-// to 1000 users, each once. The error is the whole request's; each user's
-// own outcome is in its UserResult, in the order given. Retrying the users
-// that failed with the same id is safe.
-func (c *Client) NotifyMany(ctx context.Context, users []string, id string, data any) ([]UserResult, error) {
-	if id == "" {
-		id = NewID()
+// NotifyMany stores the same notification n (one id, n.User unused) in
+// each user's log: up to 1000 users, each once. The error is the whole
+// request's; each user's own outcome is in its UserResult, in the order
+// given. Retrying the users that failed with the same id is safe.
+func (c *Client) NotifyMany(ctx context.Context, users []string, n Notification) ([]UserResult, error) {
+	if n.ID == "" {
+		n.ID = NewID()
 	}
 	var answer struct {
 		Results []struct {
@@ -79,16 +84,18 @@ func (c *Client) NotifyMany(ctx context.Context, users []string, id string, data
 		} `json:"results"`
 	}
 	body := struct {
-		Users []string `json:"users"`
-		ID    string   `json:"id"`
-		Data  any      `json:"data"`
-	}{users, id, data}
-	if err := c.call(ctx, "POST", "/v1/notify", body, &answer, idempotent, id); err != nil {
+		Users    []string `json:"users"`
+		ID       string   `json:"id"`
+		Data     any      `json:"data"`
+		TTL      int      `json:"ttl,omitempty"`
+		Collapse string   `json:"collapse,omitempty"`
+	}{users, n.ID, n.Data, n.TTL, n.Collapse}
+	if err := c.call(ctx, "POST", "/v1/notify", body, &answer, idempotent, n.ID); err != nil {
 		return nil, err
 	}
 	out := make([]UserResult, len(answer.Results))
 	for i, r := range answer.Results {
-		out[i] = UserResult{User: r.User, Result: r.Result, Err: r.Error.err(id)}
+		out[i] = UserResult{User: r.User, Result: r.Result, Err: r.Error.err(n.ID)}
 	}
 	return out, nil
 }

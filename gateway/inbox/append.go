@@ -59,6 +59,19 @@ func MsgID(user, id string) string { return wire.UserKey(user) + "/" + id }
 // stops retrying, with ErrUnknownOutcome if an earlier attempt of it may
 // have been stored.
 func (l *Log) Append(ctx context.Context, user, id string, data []byte) (Appended, error) {
+	return l.AppendWith(ctx, user, id, data, Limits{})
+}
+
+// Limits are what a notification may carry beyond its data: when it
+// expires (zero: never) and its collapse key ("": none). They go into the
+// stored message's headers; gateways apply them.
+type Limits struct {
+	Expires  time.Time
+	Collapse string
+}
+
+// AppendWith is Append of a notification with limits.
+func (l *Log) AppendWith(ctx context.Context, user, id string, data []byte, lim Limits) (Appended, error) {
 	if err := l.downErr(); err != nil {
 		return Appended{}, fmt.Errorf("%w: %v; nothing was sent", ErrUnavailable, err)
 	}
@@ -115,6 +128,12 @@ func (l *Log) Append(ctx context.Context, user, id string, data []byte) (Appende
 		m.Header.Set(wire.HeaderID, id)
 		m.Header.Set(wire.HeaderTS, wire.FormatTS(ts))
 		m.Header.Set(wire.HeaderPrev, strconv.FormatUint(head, 10))
+		if !lim.Expires.IsZero() {
+			m.Header.Set(wire.HeaderExpires, wire.FormatTS(lim.Expires))
+		}
+		if lim.Collapse != "" {
+			m.Header.Set(wire.HeaderCollapse, lim.Collapse)
+		}
 		m.Data = data
 
 		if l.beforeSend != nil {

@@ -23,6 +23,10 @@ type Message struct {
 	ID   string
 	TS   time.Time
 	Data []byte
+	// Expires and Collapse are the notification's ttl (as the time it
+	// passes; zero: never) and collapse key ("": none).
+	Expires  time.Time
+	Collapse string
 }
 
 // headBatch is how many users one multi-last request asks about. The server
@@ -157,6 +161,9 @@ func parseStored(seq uint64, h nats.Header, data []byte) (Message, error) {
 	if ts, err := wire.ParseTS(h.Get(wire.HeaderTS)); err == nil {
 		msg.TS = ts
 	}
+	// Unreadable limits are ignored, as other unreadable headers are: the
+	// message is delivered rather than stalled.
+	msg.Expires, msg.Collapse, _ = wire.ParseLimits(wire.Header(h))
 	if !json.Valid(msg.Data) {
 		msg.Data = nil // delivered as null: a frame must stay valid JSON
 	}

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -16,6 +17,13 @@ const (
 	HeaderUser  = "Herald-User"  // doorbells: UserKey of the user
 	HeaderEpoch = "Herald-Epoch" // doorbells: the log's epoch as the dispatcher knows it
 	HeaderErase = "Herald-Erase" // doorbells: "1" when the user's log was erased through Seq
+	// HeaderExpires is when a notification posted with a ttl expires
+	// (FormatTS): it is neither delivered nor replayed after that.
+	HeaderExpires = "Herald-Expires"
+	// HeaderCollapse is a notification's collapse key: a device that has
+	// not yet received an older notification with the same key gets only
+	// the newest.
+	HeaderCollapse = "Herald-Collapse"
 )
 
 // Doorbell tells the gateway that owns User that the user's log has a new
@@ -39,6 +47,8 @@ type Doorbell struct {
 	ID         string
 	TS         time.Time
 	Data       []byte
+	Expires    time.Time // zero: never
+	Collapse   string    // "": none
 }
 
 // Header is a NATS message header. nats.Header has the same underlying
@@ -70,6 +80,12 @@ func (d Doorbell) Header() Header {
 		h[HeaderPrev] = []string{strconv.FormatUint(d.Prev, 10)}
 		h[HeaderID] = []string{d.ID}
 		h[HeaderTS] = []string{FormatTS(d.TS)}
+		if !d.Expires.IsZero() {
+			h[HeaderExpires] = []string{FormatTS(d.Expires)}
+		}
+		if d.Collapse != "" {
+			h[HeaderCollapse] = []string{d.Collapse}
+		}
 	}
 	return h
 }
@@ -121,8 +137,35 @@ func DecodeDoorbell(h Header, body []byte) (Doorbell, error) {
 	if err := checkData(body); err != nil {
 		return Doorbell{}, fmt.Errorf("doorbell: %w", err)
 	}
+	if d.Expires, d.Collapse, err = ParseLimits(h); err != nil {
+		return Doorbell{}, fmt.Errorf("doorbell: %w", err)
+	}
 	d.HasContent, d.Data = true, body
 	return d, nil
+}
+
+// ParseLimits reads a message's or a doorbell's expiry and collapse key.
+func ParseLimits(h Header) (expires time.Time, collapse string, err error) {
+	if v := get(h, HeaderExpires); v != "" {
+		if expires, err = ParseTS(v); err != nil {
+			return time.Time{}, "", fmt.Errorf("bad %s: %w", HeaderExpires, err)
+		}
+	}
+	if collapse = get(h, HeaderCollapse); collapse != "" {
+		if err := ValidateCollapse(collapse); err != nil {
+			return time.Time{}, "", err
+		}
+	}
+	return expires, collapse, nil
+}
+
+// ValidateCollapse checks a collapse key: the rules of an id (it travels
+// in a NATS header too).
+func ValidateCollapse(key string) error {
+	if err := ValidateID(key); err != nil {
+		return fmt.Errorf("collapse key: %s", strings.TrimPrefix(err.Error(), "invalid id: "))
+	}
+	return nil
 }
 
 // Delivery outcomes of a doorbell sent as a request (wait=delivered).

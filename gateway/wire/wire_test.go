@@ -199,13 +199,15 @@ func TestDoorbellRoundTrip(t *testing.T) {
 		{User: "alice", Seq: 10, Epoch: "e", HasContent: true, Prev: 7, ID: "n1", TS: ts, Data: []byte(`{"a":[1,2]}`)},
 		{User: "bob.x", Seq: 3, Epoch: "e"},
 		{User: "carol", Seq: 44, Epoch: "e", Erased: true},
+		{User: "dave", Seq: 12, Epoch: "e", HasContent: true, Prev: 3, ID: "n2", TS: ts, Data: []byte(`2`), Expires: ts.Add(time.Hour), Collapse: "score"},
 	} {
 		got, err := DecodeDoorbell(d.Header(), d.Body())
 		if err != nil {
 			t.Fatalf("DecodeDoorbell: %v", err)
 		}
 		if got.User != d.User || got.Seq != d.Seq || got.Epoch != d.Epoch || got.HasContent != d.HasContent ||
-			got.Prev != d.Prev || got.ID != d.ID || !got.TS.Equal(d.TS) || !bytes.Equal(got.Data, d.Data) || got.Erased != d.Erased {
+			got.Prev != d.Prev || got.ID != d.ID || !got.TS.Equal(d.TS) || !bytes.Equal(got.Data, d.Data) || got.Erased != d.Erased ||
+			!got.Expires.Equal(d.Expires) || got.Collapse != d.Collapse {
 			t.Errorf("round trip: got %+v, want %+v", got, d)
 		}
 	}
@@ -231,6 +233,8 @@ func TestDecodeDoorbellRejects(t *testing.T) {
 		"two values":  func(m *msg) { m.data = []byte("1 2") },
 		"padded data": func(m *msg) { m.data = []byte(" 1") },
 		"bad erase":   func(m *msg) { m.h[HeaderErase] = []string{"yes"} },
+		"bad expires": func(m *msg) { m.h[HeaderExpires] = []string{"soon"} },
+		"bad key":     func(m *msg) { m.h[HeaderCollapse] = []string{" k"} },
 	} {
 		m := &msg{good.Header(), good.Body()}
 		edit(m)
