@@ -48,7 +48,7 @@ test: deps build ## go vet, herald.js tests, every Go test with -race (unit, int
 	$(GO) vet ./...
 	node --test web/
 	$(GO) test -race -count=1 ./...
-	$(HERALD) chaos --start-cluster --duration 60s --users 200 --rate 100 --fault-every 6s --min-ring-changes 2 -v
+	$(HERALD) chaos --start-cluster --duration 60s --users 200 --rate 100 --fault-every 6s --min-ring-changes 2 --collapse-every 4 -v
 	deploy/compose/fault-suite.sh short
 
 chaos-cluster: ## the full Compose fault suite on a real cluster (needs Docker): NATS, Consul, gateway and dispatcher faults

@@ -157,3 +157,26 @@ func TestLimitsBadInput(t *testing.T) {
 		t.Fatalf("refused posts stored %d messages (%v)", len(msgs), err)
 	}
 }
+
+// TestCollapseOffline: for a user with no socket (no hub on the gateway),
+// a device that connects reads the log and gets only the newest of each
+// key, from the start and resuming.
+func TestCollapseOffline(t *testing.T) {
+	c := newCluster(t, inbox.Config{})
+	c.startGateway("gw-1")
+	d := c.startDispatcher()
+	url := c.gws["gw-1"].url
+	first := d.mustNotify(t, map[string]any{"user": "carol", "data": 0}).Seq
+	k1 := d.mustNotify(t, map[string]any{"user": "carol", "data": 1, "collapse": "k"}).Seq
+	x := d.mustNotify(t, map[string]any{"user": "carol", "data": 2}).Seq
+	k2 := d.mustNotify(t, map[string]any{"user": "carol", "data": 3, "collapse": "k"}).Seq
+	_ = k1
+	a := auth(t, "carol")
+	a.Since, a.Epoch = first, c.log.Epoch()
+	s := dial(t, url, a)
+	s.caughtUp()
+	if got, want := s.notifications(), []uint64{x, k2}; !equalSeqs(got, want) {
+		t.Fatalf("a resuming device got %v, want %v", got, want)
+	}
+	noGaps(t, s)
+}

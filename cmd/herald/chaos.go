@@ -47,6 +47,10 @@ type chaosConfig struct {
 	seed       uint64
 	minChanges int
 	verbose    bool
+	// collapseEvery, if > 0, gives every collapseEvery-th notification its
+	// user's collapse key: a device may lack it only if it got a newer one
+	// with the key.
+	collapseEvery int
 }
 
 var allFaults = []string{"kill-quick", "kill-long", "term", "scale-out", "scale-in"}
@@ -66,6 +70,7 @@ func runChaos(ctx context.Context, args []string) error {
 	fs.Uint64Var(&c.seed, "seed", 0, "seed of the fault schedule (0: from the clock)")
 	fs.IntVar(&c.minChanges, "min-ring-changes", 1, "fail if the ring changed fewer times")
 	fs.BoolVar(&c.verbose, "v", false, "log each fault")
+	fs.IntVar(&c.collapseEvery, "collapse-every", 0, "give every Nth notification a collapse key, shared by its user's (0: none); a device may lack one only if it got a newer one with the key")
 	compose := fs.Bool("compose", false, "drive the fault suite on every engine of the Compose cluster (deploy/compose) instead of herald dev's gateways; run inside the compose file's chaos service")
 	dispatchers := fs.String("dispatchers", "http://disp-1.edge:8080,http://disp-2.edge:8080", "with --compose, the dispatchers' base URLs")
 	var cc composeConfig
@@ -180,6 +185,7 @@ type chaosRun struct {
 	mu       sync.Mutex                   // guards what follows, and is taken alone
 	accepted map[string]map[uint64]string // user → seq → id
 	posts    map[string]time.Time         // id → when it was first posted
+	keyed    map[string]bool              // ids posted with a collapse key
 	refusals []time.Time                  // when posts were refused as unavailable
 	unknowns []chaosUnknown               // posts whose first answers left the outcome unknown, by when that answer came
 	closes   []chaosClose                 // sockets ended by the servers (or the network)
@@ -226,7 +232,7 @@ func newChaosRun(ctx context.Context, cfg chaosConfig) (*chaosRun, error) {
 
 func newRun(cfg chaosConfig, state devState) *chaosRun {
 	return &chaosRun{cfg: cfg, state: state, http: &http.Client{Timeout: 60 * time.Second}, rng: rand.New(rand.NewPCG(cfg.seed, 1)),
-		accepted: map[string]map[uint64]string{}, posts: map[string]time.Time{}}
+		accepted: map[string]map[uint64]string{}, posts: map[string]time.Time{}, keyed: map[string]bool{}}
 }
 
 func (r *chaosRun) control(ctx context.Context, method, path string, out any) error {
@@ -436,10 +442,16 @@ func (r *chaosRun) publish(ctx context.Context, runID string) {
 func (r *chaosRun) post(n int, runID string) {
 	d := r.devices[n%len(r.devices)]
 	id := fmt.Sprintf("c-%s-%d", runID, n)
-	body, _ := json.Marshal(map[string]any{"user": d.user, "id": id, "data": map[string]int{"n": n}})
+	fields := map[string]any{"user": d.user, "id": id, "data": map[string]int{"n": n}}
+	keyed := r.cfg.collapseEvery > 0 && n%r.cfg.collapseEvery == 0
+	if keyed {
+		fields["collapse"] = "k"
+	}
+	body, _ := json.Marshal(fields)
 	at := time.Now()
 	r.mu.Lock()
 	r.posts[id] = at
+	r.keyed[id] = keyed
 	r.mu.Unlock()
 	// Until definite, however long an outage lasts (the dispatchers'
 	// dedupe window, 2 minutes, keeps a retry from storing it twice).
@@ -543,14 +555,22 @@ func (r *chaosRun) allArrived(t time.Time) bool {
 		}
 		r.mu.Unlock()
 		got := map[uint64]bool{}
-		for _, f := range d.notifications() {
+		var newestKeyed uint64
+		frames := d.notifications()
+		r.mu.Lock()
+		for _, f := range frames {
 			got[f.Seq] = true
+			if r.keyed[f.ID] {
+				newestKeyed = max(newestKeyed, f.Seq)
+			}
 		}
 		for _, seq := range want {
-			if !got[seq] {
+			if !got[seq] && !(r.keyed[r.accepted[d.user][seq]] && seq < newestKeyed) {
+				r.mu.Unlock()
 				return false
 			}
 		}
+		r.mu.Unlock()
 	}
 	return true
 }
@@ -665,6 +685,7 @@ func (r *chaosRun) injectFaults(ctx context.Context) {
 // sockets lost, in one span of a run.
 type chaosTally struct {
 	accepted, delivered, lost, dups, disorder, storedTwice, gaps int
+	collapsed                                                    int // not delivered: the device got a newer one with its collapse key
 	unavailable, unknown                                         int
 	unknownWhy                                                   map[string]int // the first answers of the unknown, by kind
 	closes                                                       map[int]int    // by close code; 0: no close frame
@@ -730,10 +751,20 @@ func (r *chaosRun) tallies(bounds []time.Time) []chaosTally {
 			}
 			seqOf[f.ID] = f.Seq
 		}
+		var newestKeyed uint64
+		for _, f := range frames {
+			if f.Type == wire.TypeNotification && r.keyed[f.ID] {
+				newestKeyed = max(newestKeyed, f.Seq)
+			}
+		}
 		for seq, id := range r.accepted[d.user] {
 			t := span(r.posts[id])
 			t.accepted++
-			if seen[seq] == 0 {
+			switch {
+			case seen[seq] > 0:
+			case r.keyed[id] && seq < newestKeyed:
+				t.collapsed++ // the device got a newer one with its key
+			default:
 				t.lost++
 			}
 		}
@@ -809,6 +840,7 @@ chaos report
   accepted          %d, %.0f/s (refused while unavailable: %d; posts retried after an unknown outcome: %d)
   delivered frames  %d
   lost              %d
+  collapsed         %d (replaced by a newer one with their collapse key)
   duplicate frames  %d
   out of order      %d
   stored twice      %d
@@ -819,7 +851,7 @@ chaos report
   sockets closed    %d: %s
   re-homes          %d: p50 %v, p99 %v, max %v (socket lost → hello)
 `, len(r.faultsDone), strings.Join(r.faultsDone, "; "), r.count(), float64(r.count())/r.cfg.duration.Seconds(), all.unavailable, all.unknown,
-		all.delivered, all.lost, all.dups, all.disorder, all.storedTwice, all.gaps, late, r.ringChanges.Load(), moves,
+		all.delivered, all.lost, all.collapsed, all.dups, all.disorder, all.storedTwice, all.gaps, late, r.ringChanges.Load(), moves,
 		all.closed(), all.closeCodes(), len(all.rehomes), all.rehome(.5), all.rehome(.99), all.rehome(1))
 	problems := all.problems()
 	if int(r.ringChanges.Load()) < r.cfg.minChanges {
