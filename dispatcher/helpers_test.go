@@ -33,7 +33,7 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m,
+	goleak.VerifyTestMain(coveredRun{m},
 		// The Consul client's pooled HTTP transport keeps idle connections.
 		// Matching these anywhere in the stack (rather than ignoring every
 		// goroutine blocked on the network) still catches a server
@@ -41,6 +41,19 @@ func TestMain(m *testing.M) {
 		goleak.IgnoreAnyFunction("net/http.(*persistConn).readLoop"),
 		goleak.IgnoreAnyFunction("net/http.(*persistConn).writeLoop"),
 	)
+}
+
+// coveredRun runs the tests, then checks that they saw every answer
+// docs/openapi.yaml lists (checkCoverage).
+type coveredRun struct{ m *testing.M }
+
+func (c coveredRun) Run() int {
+	code := c.m.Run()
+	if err := checkCoverage(); code == 0 && err != nil {
+		fmt.Fprintln(os.Stderr, "FAIL:", err)
+		return 1
+	}
+	return code
 }
 
 const (
@@ -312,7 +325,7 @@ func (e *env) dispatcher(edit ...func(*Config)) *testDispatcher {
 		e.t.Fatalf("New: %v", err)
 	}
 	td := &testDispatcher{Dispatcher: d, t: e.t, url: "http://" + ln.Addr().String(), nc: nc, reg: cfg.Registry,
-		client: &http.Client{Transport: &http.Transport{}, Timeout: 60 * time.Second}}
+		client: &http.Client{Transport: &specCheck{tb: e.t, base: &http.Transport{}, public: ln.Addr().String()}, Timeout: 60 * time.Second}}
 	if cfg.AdminListener != nil {
 		td.adminURL = "http://" + cfg.AdminListener.Addr().String()
 	}
@@ -340,7 +353,7 @@ func (e *env) dispatcher(edit ...func(*Config)) *testDispatcher {
 			e.t.Errorf("Run: %v", err)
 		}
 	})
-	e.t.Cleanup(td.client.CloseIdleConnections)
+	e.t.Cleanup(func() { td.client.Transport.(*specCheck).base.(*http.Transport).CloseIdleConnections() })
 	waitFor(e.t, 10*time.Second, "the log to be ensured", func() bool { return d.inbox.Load() != nil })
 	return td
 }

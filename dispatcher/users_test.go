@@ -86,6 +86,7 @@ func TestHistoryPagesInOrder(t *testing.T) {
 	}
 	for _, p := range []string{usersPath("a\x00b"), usersPath(strings.Repeat("x", 257))} {
 		wantError(t, td.do("GET", p, "", "Authorization", "Bearer "+testKey), http.StatusBadRequest, CodeInvalidUser)
+		wantError(t, td.do("DELETE", p, "", "Authorization", "Bearer "+testKey), http.StatusBadRequest, CodeInvalidUser)
 	}
 	wantError(t, td.do("GET", usersPath("alice"), ""), http.StatusUnauthorized, CodeUnauthorized)
 	wantError(t, td.do("DELETE", usersPath("alice"), ""), http.StatusUnauthorized, CodeUnauthorized)

@@ -1025,3 +1025,27 @@ test('browser: online while connected changes nothing', async () => {
     delete globalThis.window;
   }
 });
+
+// ---- the protocol corpus ----
+
+test('corpus: herald.js accepts every valid server frame of docs/frames.corpus.json and refuses every invalid one', async () => {
+  const { readFile } = await import('node:fs/promises');
+  const corpus = JSON.parse(await readFile(new URL('../docs/frames.corpus.json', import.meta.url), 'utf8'));
+  assert.ok(corpus.server.valid.length >= 5 && corpus.server.invalid.length >= 5);
+  for (const frame of corpus.server.valid) {
+    const h = start();
+    await h.connected();
+    const before = h.sockets.length;
+    await h.send(frame);
+    assert.equal(h.client.stats.badFrames, 0, `refused a valid frame: ${JSON.stringify(frame)}`);
+    assert.equal(h.sockets.length, before, `a valid frame ended the socket: ${JSON.stringify(frame)}`);
+    h.client.close();
+  }
+  for (const frame of corpus.server.invalid) {
+    const h = start();
+    await h.connected();
+    await h.send(frame);
+    assert.equal(h.client.stats.badFrames, 1, `accepted an invalid frame: ${JSON.stringify(frame)}`);
+    h.client.close();
+  }
+});
