@@ -30,7 +30,7 @@ var spec struct {
 	doc  libopenapi.Document
 	err  error
 
-	ops  map[string][]string // "POST /v1/notify" → its statuses
+	ops map[string][]string // "POST /v1/notify" → its statuses
 
 	mu   sync.Mutex
 	seen map[string]bool // "POST /v1/notify 202"
@@ -39,21 +39,21 @@ var spec struct {
 // unexercised are the statuses the file documents that no test here
 // produces, and why.
 var unexercised = map[string]string{
-	"POST /v1/notify 500":                        "a bug: only a recovered panic answers 500",
-	"POST /v1/notify 507":                        "the store refusing writes: covered by the inbox tests, not through HTTP",
-	"GET /v1/users/{user}/notifications 429":     "the rate limit is the same middleware as notify's",
-	"DELETE /v1/users/{user}/notifications 429":  "the rate limit is the same middleware as notify's",
-	"GET /v1/users/{user}/notifications 503":     "a log that cannot be read: the outage tests cover notify",
-	"DELETE /v1/users/{user}/notifications 503":  "a log that cannot be purged: the outage tests cover notify",
-	"POST /v1/notify/batch 503":                  "the batch's items carry their own errors; the request fails only with the log unready",
-	"POST /v1/broadcast 503":                     "NATS down at the moment of a broadcast",
-	"POST /v1/broadcast 413":                     "the payload limit is the same check as notify's",
-	"GET /v1/cluster 400":                        "a bad ?user= is refused like any invalid user",
-	"POST /v1/dev/token 415":                     "the same body reader as notify's",
-	"POST /v1/notify/batch 415":                  "the same body reader as notify's",
-	"POST /v1/broadcast 415":                     "the same body reader as notify's",
-	"POST /v1/broadcast 429":                     "the rate limit is the same middleware as notify's",
-	"GET /v1/users/{user}/notifications 401":     "the API key check is the same middleware as notify's",
+	"POST /v1/notify 500":                       "a bug: only a recovered panic answers 500",
+	"POST /v1/notify 507":                       "the store refusing writes: covered by the inbox tests, not through HTTP",
+	"GET /v1/users/{user}/notifications 429":    "the rate limit is the same middleware as notify's",
+	"DELETE /v1/users/{user}/notifications 429": "the rate limit is the same middleware as notify's",
+	"GET /v1/users/{user}/notifications 503":    "a log that cannot be read: the outage tests cover notify",
+	"DELETE /v1/users/{user}/notifications 503": "a log that cannot be purged: the outage tests cover notify",
+	"POST /v1/notify/batch 503":                 "the batch's items carry their own errors; the request fails only with the log unready",
+	"POST /v1/broadcast 503":                    "NATS down at the moment of a broadcast",
+	"POST /v1/broadcast 413":                    "the payload limit is the same check as notify's",
+	"GET /v1/cluster 400":                       "a bad ?user= is refused like any invalid user",
+	"POST /v1/dev/token 415":                    "the same body reader as notify's",
+	"POST /v1/notify/batch 415":                 "the same body reader as notify's",
+	"POST /v1/broadcast 415":                    "the same body reader as notify's",
+	"POST /v1/broadcast 429":                    "the rate limit is the same middleware as notify's",
+	"GET /v1/users/{user}/notifications 401":    "the API key check is the same middleware as notify's",
 }
 
 func loadSpec() (validator.Validator, error) {

@@ -5,8 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"os"
-	"time"
 	"testing"
+	"time"
 
 	"github.com/pb33f/jsonschema/v6"
 )
